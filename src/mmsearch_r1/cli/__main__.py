@@ -1,0 +1,5 @@
+import sys
+
+from mmsearch_r1.cli import main
+
+sys.exit(main())
