@@ -202,7 +202,7 @@ def kl_penalty(
 
 
 def entropy_from_logits(logits: Tensor, chunk_rows: int | None = None) -> Tensor:
-    """Entropy of softmax(logits) over the last dim: logsumexp(z) - sum softmax(z) * z, computed in float32.
+    """Entropy of softmax(logits) over the last dim: logsumexp(z) - sum softmax(z) * z, in float32 (or float64).
 
     With `chunk_rows`, rows (all leading dims flattened) are processed in chunks so that only one chunk's
     probabilities exist at a time. Returns logits.shape[:-1].
@@ -211,10 +211,12 @@ def entropy_from_logits(logits: Tensor, chunk_rows: int | None = None) -> Tensor
     step = flat.shape[0] if not chunk_rows else max(1, int(chunk_rows))
     parts = []
     for s in range(0, flat.shape[0], step):
-        z = flat[s : s + step].float()
+        z = flat[s : s + step].to(torch.promote_types(flat.dtype, torch.float32))
         lse = torch.logsumexp(z, dim=-1)
         parts.append(lse - (torch.softmax(z, dim=-1) * z).sum(-1))
-    out = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)
+    out = (
+        torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.promote_types(flat.dtype, torch.float32))
+    )
     return out.reshape(logits.shape[:-1])
 
 

@@ -1,0 +1,128 @@
+"""Log-probabilities of given target tokens from final hidden states, without full-vocabulary logits for the
+whole batch.
+
+`token_logprobs(hidden, lm_head_weight, targets)` computes log softmax(hidden @ W^T)[target] (and optionally the
+entropy of that distribution) chunk by chunk over the B*T token positions. A custom autograd function keeps
+only the inputs and one float per position (the log-normalizer) between forward and backward; backward
+recomputes each chunk's logits and forms that chunk's gradient, so at any moment only `chunk_tokens x V`
+logits exist, in forward and backward alike. With a 151,936-entry vocabulary a 4,096-token sequence would
+otherwise hold 4096 x 151936 fp32 logits (2.5 GB) plus as much again for their gradient.
+
+Gradients (z = logits of one position, p = softmax(z), H = entropy, t = target):
+    d log p_t / dz = onehot(t) - p
+    d H / dz       = -p * (log p + H)
+Logits are formed in the input dtype and the softmax is taken in float32 (float64 for float64 inputs). Targets < 0 (ignore index) give
+log-prob 0, entropy 0 and no gradient. `temperature` divides the logits (as the sampler did), so the result
+matches the log-probs the rollout engine reports for the same tokens.
+
+`logprobs_from_logits(logits, targets)` is the plain path for when logits already exist.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def logprobs_from_logits(logits: Tensor, targets: Tensor) -> Tensor:
+    """log softmax(logits)[targets] in float32 (float64 for float64 logits); logits [..., V], targets [...]
+    -> [...]; targets < 0 give 0."""
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    return logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (targets >= 0)
+
+
+class _ChunkedLogProbs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int, with_entropy: bool):  # type: ignore[override]
+        n = hidden.shape[0]
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 for float64 inputs
+        valid = targets >= 0
+        safe_t = targets.clamp(min=0)
+        logp = hidden.new_empty(n, dtype=acc)
+        lse = hidden.new_empty(n, dtype=acc)
+        ent = hidden.new_empty(n, dtype=acc) if with_entropy else None
+        for s in range(0, n, chunk):
+            z = (hidden[s : s + chunk] @ weight.T).to(acc)
+            lse_c = torch.logsumexp(z, dim=-1)
+            lse[s : s + chunk] = lse_c
+            logp[s : s + chunk] = z.gather(-1, safe_t[s : s + chunk, None]).squeeze(-1) - lse_c
+            if ent is not None:
+                ent[s : s + chunk] = lse_c - (torch.softmax(z, dim=-1) * z).sum(-1)
+            del z
+        logp = logp * valid
+        if ent is not None:
+            ent = ent * valid
+        ctx.save_for_backward(hidden, weight, targets, lse, ent if ent is not None else lse.new_empty(0))
+        ctx.chunk = chunk
+        ctx.with_entropy = with_entropy
+        if ent is None:
+            return logp, lse.new_empty(0)
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, grad_logp: Tensor, grad_ent: Tensor):  # type: ignore[override]
+        hidden, weight, targets, lse, ent = ctx.saved_tensors
+        chunk = ctx.chunk
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        acc = lse.dtype
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        valid = (targets >= 0).to(acc)
+        safe_t = targets.clamp(min=0)
+        g_lp = grad_logp.to(acc) * valid if grad_logp is not None else torch.zeros_like(lse)
+        use_ent = ctx.with_entropy and grad_ent is not None and grad_ent.numel() > 0
+        g_en = grad_ent.to(acc) * valid if use_ent else None
+        for s in range(0, hidden.shape[0], chunk):
+            h = hidden[s : s + chunk]
+            z = (h @ weight.T).to(acc)
+            log_p = z - lse[s : s + chunk, None]
+            p = torch.exp(log_p)
+            # dL/dz = g_lp * (onehot(t) - p) + g_en * (-p * (log p + H))
+            gz = -p * g_lp[s : s + chunk, None]
+            gz.scatter_add_(-1, safe_t[s : s + chunk, None], g_lp[s : s + chunk, None])
+            if g_en is not None:
+                gz -= p * (log_p + ent[s : s + chunk, None]) * g_en[s : s + chunk, None]
+            del z, log_p, p
+            gz = gz.to(hidden.dtype)
+            if grad_h is not None:
+                grad_h[s : s + chunk] = gz @ weight
+            if grad_w is not None:
+                grad_w += (gz.T @ h).to(acc)
+            del gz
+        if grad_w is not None:
+            grad_w = grad_w.to(weight.dtype)
+        return grad_h, grad_w, None, None, None
+
+
+def token_logprobs(
+    hidden: Tensor,
+    lm_head_weight: Tensor,
+    targets: Tensor,
+    chunk_tokens: int = 1024,
+    with_entropy: bool = False,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-prob of each target token (and optionally the entropy) from hidden states, in chunks of positions.
+
+    hidden [B, T, H] (the position that predicts targets[b, t]), lm_head_weight [V, H], targets [B, T] long
+    (negative = ignore). Returns (logp [B, T], entropy [B, T] or None) in float32 (float64 for float64 inputs). Differentiable with
+    respect to hidden and lm_head_weight; backward recomputes logits chunk by chunk.
+    """
+    if hidden.dim() != 3 or targets.shape != hidden.shape[:2]:
+        raise ValueError(
+            f"hidden must be [B, T, H] and targets [B, T]; got {tuple(hidden.shape)} and {tuple(targets.shape)}"
+        )
+    if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != hidden.shape[2]:
+        raise ValueError(f"lm_head_weight must be [V, {hidden.shape[2]}], got {tuple(lm_head_weight.shape)}")
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
+    b, t, h = hidden.shape
+    flat = hidden.reshape(b * t, h)
+    if temperature != 1.0:
+        flat = flat / temperature
+    logp, ent = _ChunkedLogProbs.apply(
+        flat, lm_head_weight, targets.reshape(-1), int(chunk_tokens), with_entropy
+    )
+    return logp.reshape(b, t), (ent.reshape(b, t) if with_entropy else None)
