@@ -94,7 +94,8 @@ class GRPOConfig:
     adv_eps: float = 1e-6
     clip_low: float = 0.2
     clip_high: float = 0.2
-    kl_coef: float = 0.001
+    kl_coef: float = 0.001  # 0 disables the KL term and the reference model
+    kl_kind: str = "low_var_kl"  # low_var_kl (k3, clamped to [-10, 10]) | k1
     entropy_coef: float = 0.0
     loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean
     ppo_epochs: int = 1

@@ -32,6 +32,8 @@ def logprobs_from_logits(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 class _ChunkedLogProbs(torch.autograd.Function):
+    """Forward and backward over chunks of rows; each chunk's [chunk, V] buffers are reused in place."""
+
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int, with_entropy: bool):  # type: ignore[override]
         n = hidden.shape[0]
@@ -47,7 +49,8 @@ class _ChunkedLogProbs(torch.autograd.Function):
             lse[s : s + chunk] = lse_c
             logp[s : s + chunk] = z.gather(-1, safe_t[s : s + chunk, None]).squeeze(-1) - lse_c
             if ent is not None:
-                ent[s : s + chunk] = lse_c - (torch.softmax(z, dim=-1) * z).sum(-1)
+                log_p = z.sub_(lse_c[:, None])  # in place: z now holds log p
+                ent[s : s + chunk] = -(log_p.exp() * log_p).sum(-1)
             del z
         logp = logp * valid
         if ent is not None:
@@ -74,20 +77,22 @@ class _ChunkedLogProbs(torch.autograd.Function):
         g_en = grad_ent.to(acc) * valid if use_ent else None
         for s in range(0, hidden.shape[0], chunk):
             h = hidden[s : s + chunk]
-            z = (h @ weight.T).to(acc)
-            log_p = z - lse[s : s + chunk, None]
-            p = torch.exp(log_p)
-            # dL/dz = g_lp * (onehot(t) - p) + g_en * (-p * (log p + H))
-            gz = -p * g_lp[s : s + chunk, None]
-            gz.scatter_add_(-1, safe_t[s : s + chunk, None], g_lp[s : s + chunk, None])
-            if g_en is not None:
-                gz -= p * (log_p + ent[s : s + chunk, None]) * g_en[s : s + chunk, None]
-            del z, log_p, p
-            gz = gz.to(hidden.dtype)
+            gl = g_lp[s : s + chunk, None]
+            # dL/dz = g_lp * (onehot(t) - p) - g_en * p * (log p + H), built in place in the logits' buffer
+            log_p = (h @ weight.T).to(acc).sub_(lse[s : s + chunk, None])
+            if g_en is None:
+                gz = log_p.exp_().mul_(-gl)
+            else:
+                p = log_p.exp()
+                factor = log_p.add_(ent[s : s + chunk, None]).mul_(g_en[s : s + chunk, None]).add_(gl)
+                gz = p.mul_(factor.neg_())
+                del factor
+            del log_p
+            gz.scatter_add_(-1, safe_t[s : s + chunk, None], gl)
             if grad_h is not None:
-                grad_h[s : s + chunk] = gz @ weight
+                grad_h[s : s + chunk] = gz.to(hidden.dtype) @ weight
             if grad_w is not None:
-                grad_w += (gz.T @ h).to(acc)
+                grad_w.addmm_(gz.T, h.to(acc))
             del gz
         if grad_w is not None:
             grad_w = grad_w.to(weight.dtype)
