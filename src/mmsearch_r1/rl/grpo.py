@@ -19,7 +19,9 @@ AGG is `aggregate`: "token_mean" sums over every mask-1 token of the mini-batch 
 the released code did); "seq_mean_token_mean" averages tokens within each sequence, then averages sequences (what
 the paper's formula writes). With gradient accumulation over micro-batches pass `normalizer` = the count over
 the whole mini-batch (from `agg_normalizer`, summed over micro-batches and ranks): the summed micro-batch losses
-then equal the full mini-batch loss exactly, so the update does not depend on how the batch was split.
+then equal the full mini-batch loss exactly, so the update does not depend on how the batch was split. Under
+data parallelism the normalizer is the count over all ranks; since DDP/FSDP average gradients over the W ranks,
+multiply each rank's loss by W (or reduce gradients with a sum) to keep the same update.
 
 Choices and deviations:
 - std is the unbiased (n - 1) standard deviation, as `torch.std` in the released code. A group of one has no

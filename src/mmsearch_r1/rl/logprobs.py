@@ -50,7 +50,7 @@ class _ChunkedLogProbs(torch.autograd.Function):
             logp[s : s + chunk] = z.gather(-1, safe_t[s : s + chunk, None]).squeeze(-1) - lse_c
             if ent is not None:
                 log_p = z.sub_(lse_c[:, None])  # in place: z now holds log p
-                ent[s : s + chunk] = -(log_p.exp() * log_p).sum(-1)
+                ent[s : s + chunk] = -log_p.exp().mul_(log_p).sum(-1)
             del z
         logp = logp * valid
         if ent is not None:
