@@ -1,0 +1,150 @@
+"""Shared plumbing for the web API clients: secrets that never print, URL scrubbing, one HTTP call.
+
+- `Secret` holds an API key; its repr/str are `'***'`. `api_key_from(explicit, env_name)` reads it.
+- Every secret created is registered with `scrub`, which replaces known key values and any `api_key=` /
+  `key=` / `Bearer` value in a string. A logging filter applying `scrub` is installed on the `httpx` and
+  `httpcore` loggers (httpx logs each request URL at INFO, and SerpApi puts the key in the URL).
+- `ApiHttp.send` makes one request with explicit connect/read timeouts and maps transport failures to
+  retryable `SearchError`s whose messages name the service and never the URL's query string.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from typing import Any
+
+import httpx
+
+from mmsearch_r1.search.base import BackendStopped, SearchError
+
+_SECRETS: set[str] = set()
+_LOCK = threading.Lock()
+_PATTERNS = [
+    re.compile(r"(?i)(api_key|apikey|key|token)=([^&\s\"'#]+)"),
+    re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]+)"),
+]
+
+
+def scrub(text: str) -> str:
+    """Remove every registered secret and any key-looking query value or bearer token from text."""
+    with _LOCK:
+        secrets = sorted(_SECRETS, key=len, reverse=True)
+    for s in secrets:
+        text = text.replace(s, "***")
+    for pat in _PATTERNS:
+        text = pat.sub(
+            lambda m: m.group(1) + ("" if m.group(1).lower().startswith("bearer") else "=") + "***", text
+        )
+    return text
+
+
+class Secret:
+    """An API key. Prints as '***'; `.value` gives the key to the one place that sends it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        if value:
+            with _LOCK:
+                _SECRETS.add(value)
+
+    @property
+    def value(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    __str__ = __repr__
+
+
+def api_key_from(explicit: str | None, env_name: str | None, *, required: bool, service: str) -> Secret:
+    """The key given explicitly, else from the environment variable env_name; error if required and absent."""
+    value = explicit if explicit is not None else (os.environ.get(env_name, "") if env_name else "")
+    if required and not value:
+        raise ValueError(f"{service}: no API key; set the environment variable {env_name!r} or pass api_key")
+    return Secret(value)
+
+
+class _ScrubFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is not ours to fix
+            return True
+        clean = scrub(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
+
+
+_FILTER = _ScrubFilter()
+for _name in ("httpx", "httpcore"):
+    if not any(isinstance(f, _ScrubFilter) for f in logging.getLogger(_name).filters):
+        logging.getLogger(_name).addFilter(_FILTER)
+
+
+class ApiHttp:
+    """One httpx client per backend, with explicit timeouts and no environment proxies by default."""
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        connect_timeout_s: float = 5.0,
+        timeout_s: float = 30.0,
+        trust_env: bool = False,
+        max_connections: int = 32,
+    ) -> None:
+        self.service = service
+        self.client = httpx.Client(
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            trust_env=trust_env,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self.client.request(method, url, **kwargs)
+        except httpx.TimeoutException as e:
+            raise SearchError(f"{self.service}: timed out ({type(e).__name__})", retryable=True) from None
+        except httpx.TransportError as e:
+            raise SearchError(f"{self.service}: network error ({type(e).__name__})", retryable=True) from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def json_or_error(resp: httpx.Response, service: str) -> Any:
+    """Parse a JSON body; malformed JSON is a non-retryable SearchError naming the service and status."""
+    try:
+        return resp.json()
+    except ValueError:
+        raise SearchError(
+            f"{service}: malformed JSON in HTTP {resp.status_code} response", status=resp.status_code
+        ) from None
+
+
+def error_text(data: Any) -> str:
+    """The error message of an API error body (`{"error": "..."}` or `{"error": {"message": ...}}`)."""
+    if isinstance(data, dict):
+        err = data.get("error", data.get("message", data.get("readableMessage", "")))
+        if isinstance(err, dict):
+            err = err.get("message", "") or err.get("code", "")
+        return scrub(str(err))[:300]
+    return ""
+
+
+def stop_or_raise(service: str, status: int, message: str, *, stop: bool, retryable: bool) -> SearchError:
+    """Build the error for an HTTP failure (BackendStopped when stop)."""
+    text = f"{service}: HTTP {status}" + (f": {message}" if message else "")
+    if stop:
+        return BackendStopped(text, status=status)
+    return SearchError(text, retryable=retryable, status=status)
