@@ -1,0 +1,143 @@
+"""`mmsearch-r1 reward score IN.jsonl [-o OUT.jsonl] ...`: score trajectories with the rule-based reward.
+
+Each input line is a JSON object:
+    {"id": ..., "turns": [assistant turn texts], "gold": [answers] or a JSON-string list or one answer,
+     "reward_mode": "EM" | "SubEM", "search_penalty_per_search": true | false}
+`id` is optional and copied to the output; `reward_mode` and `search_penalty_per_search` override the command
+line defaults for that line. Each output line holds `total`, the reward components, `final_answer` and
+`format_error` (why the format term is 0, or null). Blank lines are skipped. A bad line stops the run with exit
+code 1 after the lines before it were written, unless `--skip-bad` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any, TextIO
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("reward", help="score trajectories with the rule-based reward")
+    sub = p.add_subparsers(dest="reward_command", metavar="SUBCOMMAND")
+    s = sub.add_parser("score", help="score a JSONL file of trajectories (one JSON line out per line in)")
+    s.add_argument("input", metavar="IN.jsonl", help="input JSONL file ('-' for stdin)")
+    s.add_argument("-o", "--output", metavar="OUT.jsonl", help="output file (default: stdout)")
+    s.add_argument("--mode", choices=["EM", "SubEM"], default=None, help="answer matching (default EM)")
+    s.add_argument(
+        "--format-weight", type=float, default=None, help="weight a of the format term (default 0.1)"
+    )
+    s.add_argument("--search-penalty", type=float, default=None, help="search penalty p (default 0.1)")
+    s.add_argument("--penalty-per-search", action="store_true", help="apply the penalty once per search")
+    s.add_argument("--max-turns", type=int, default=None, help="protocol limit (default 3)")
+    s.add_argument("--max-searches", type=int, default=None, help="protocol limit (default 2)")
+    s.add_argument("--max-image-searches", type=int, default=None, help="protocol limit (default 1)")
+    s.add_argument("--max-text-searches", type=int, default=None, help="protocol limit (default 1)")
+    s.add_argument("--skip-bad", action="store_true", help="skip bad lines (count reported on stderr)")
+    s.set_defaults(func=_score)
+
+    def _help(args: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=_help)
+
+
+class BadLine(ValueError):
+    pass
+
+
+def _score(args: argparse.Namespace) -> int:
+    from mmsearch_r1.config import ProtocolConfig, RewardConfig
+
+    rcfg = RewardConfig(penalty_per_search=args.penalty_per_search)
+    if args.mode is not None:
+        rcfg.mode = args.mode
+    if args.format_weight is not None:
+        if not 0.0 <= args.format_weight <= 1.0:
+            raise ValueError(f"--format-weight must be in [0, 1], got {args.format_weight}")
+        rcfg.format_weight = args.format_weight
+    if args.search_penalty is not None:
+        rcfg.search_penalty = args.search_penalty
+    pcfg = ProtocolConfig()
+    for name in ("max_turns", "max_searches", "max_image_searches", "max_text_searches"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < (1 if name == "max_turns" else 0):
+                raise ValueError(f"--{name.replace('_', '-')} is too small: {value}")
+            setattr(pcfg, name, value)
+
+    src: TextIO = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
+    dst: TextIO = sys.stdout if not args.output else open(args.output, "w", encoding="utf-8")
+    n_ok = n_bad = 0
+    try:
+        for lineno, line in enumerate(src, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = _score_line(line, lineno, rcfg, pcfg)
+            except BadLine as e:
+                if not args.skip_bad:
+                    dst.flush()
+                    print(f"error: {e}", file=sys.stderr)
+                    return 1
+                n_bad += 1
+                print(f"skipped: {e}", file=sys.stderr)
+                continue
+            dst.write(json.dumps(record, ensure_ascii=False) + "\n")
+            n_ok += 1
+        dst.flush()
+    finally:
+        if src is not sys.stdin:
+            src.close()
+        if dst is not sys.stdout:
+            dst.close()
+    if args.skip_bad:
+        print(f"scored {n_ok} lines, skipped {n_bad} bad lines", file=sys.stderr)
+    return 0
+
+
+def _score_line(line: str, lineno: int, rcfg: Any, pcfg: Any) -> dict[str, Any]:
+    from mmsearch_r1.protocol import extract_final_answer, validate_turns
+    from mmsearch_r1.reward import REWARD_MODES, compute_reward, parse_candidates
+
+    where = f"line {lineno}"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise BadLine(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise BadLine(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for name in ("turns", "gold"):
+        if name not in obj:
+            raise BadLine(f"{where}: missing field '{name}'")
+    turns = obj["turns"]
+    if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
+        raise BadLine(f"{where}: field 'turns' must be a list of strings (assistant turn texts)")
+    gold = obj["gold"]
+    if not isinstance(gold, (list, str)):
+        raise BadLine(f"{where}: field 'gold' must be a list of strings or a JSON-string list")
+    try:
+        golds = parse_candidates(gold)
+    except ValueError as e:
+        raise BadLine(f"{where}: field 'gold': {e}") from None
+    if not golds:
+        raise BadLine(f"{where}: field 'gold' holds no answer")
+
+    cfg = rcfg
+    if "reward_mode" in obj:
+        if obj["reward_mode"] not in REWARD_MODES:
+            raise BadLine(f"{where}: field 'reward_mode' must be one of {list(REWARD_MODES)}")
+        cfg = dataclasses.replace(cfg, mode=obj["reward_mode"])
+    if "search_penalty_per_search" in obj:
+        if not isinstance(obj["search_penalty_per_search"], bool):
+            raise BadLine(f"{where}: field 'search_penalty_per_search' must be true or false")
+        cfg = dataclasses.replace(cfg, penalty_per_search=obj["search_penalty_per_search"])
+
+    out = compute_reward(turns, golds, cfg, pcfg)
+    record: dict[str, Any] = {"id": obj["id"]} if "id" in obj else {}
+    record.update(out.to_dict())
+    record["final_answer"] = extract_final_answer(turns)
+    record["format_error"] = validate_turns(turns, pcfg).reason
+    return record
