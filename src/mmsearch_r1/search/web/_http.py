@@ -48,7 +48,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
-        if value:
+        if len(value) >= 6:  # shorter strings are not real keys, and scrubbing them would mangle text
             with _LOCK:
                 _SECRETS.add(value)
 

@@ -20,6 +20,7 @@ import logging
 import re
 import zlib
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urljoin
 
 import httpx
@@ -175,8 +176,16 @@ class FetchReader:
     upstream = "fetch"
 
     def __init__(
-        self, *, max_chars: int = 100_000, counters: Counters | None = None, **fetch_options
+        self,
+        *,
+        max_chars: int = 100_000,
+        timeout_s: float | None = None,
+        counters: Counters | None = None,
+        **fetch_options: Any,
     ) -> None:
+        """`timeout_s` (if given) is the read timeout; other options go to `SafeFetcher`."""
+        if timeout_s is not None:
+            fetch_options.setdefault("read_timeout_s", timeout_s)
         self.name = "fetch"
         self.max_chars = max_chars
         self.counters = counters or Counters()

@@ -132,10 +132,11 @@ class SerpApiGoogle(_SerpApi):
         hl: str | None = None,
         location: str | None = None,
         safe: str | None = None,
+        timeout_s: float = 30.0,
         **kwargs: Any,
     ) -> None:
         extra = {"gl": gl, "hl": hl, "location": location, "safe": safe, **kwargs.pop("extra_params", {})}
-        super().__init__(extra_params=extra, **kwargs)
+        super().__init__(extra_params=extra, timeout_s=timeout_s, **kwargs)
         self.name = "serpapi_google"
 
     def cache_params(self) -> dict[str, Any]:
@@ -176,6 +177,7 @@ class SerpApiLens(_SerpApi):
         upload_max_bytes: int = 500_000,
         fetch: dict[str, Any] | None = None,
         thumbnail_workers: int = 5,
+        timeout_s: float = 30.0,
         **kwargs: Any,
     ) -> None:
         extra = {
@@ -185,7 +187,7 @@ class SerpApiLens(_SerpApi):
             "type": lens_type,
             **kwargs.pop("extra_params", {}),
         }
-        super().__init__(extra_params=extra, **kwargs)
+        super().__init__(extra_params=extra, timeout_s=timeout_s, **kwargs)
         self.name = "serpapi_lens"
         self.upload_url = upload_url
         self.upload_field = upload_field

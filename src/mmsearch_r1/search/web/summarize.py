@@ -49,6 +49,7 @@ class OpenAISummarizer:
         max_page_chars: int = 30_000,
         max_tokens: int = 512,
         temperature: float = 0.0,
+        timeout_s: float = 60.0,
         counters: Counters | None = None,
         **client_options: Any,
     ) -> None:
@@ -58,6 +59,7 @@ class OpenAISummarizer:
             model=model,
             max_tokens=max_tokens,
             temperature=temperature,
+            timeout_s=timeout_s,
             counters=self.counters,
             **client_options,
         )
