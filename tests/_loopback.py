@@ -15,6 +15,7 @@ server's threads; `srv.lock` guards state the handler keeps.
 from __future__ import annotations
 
 import json as json_lib
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -109,7 +110,10 @@ class _Handler(BaseHTTPRequestHandler):
 class LoopbackServer:
     """A real HTTP/1.1 server on a loopback address, answering with `handler(Request) -> Reply`."""
 
-    def __init__(self, handler: Callable[[Request], Reply], host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, handler: Callable[[Request], Reply], host: str = "127.0.0.1", tls: tuple[str, str] | None = None
+    ) -> None:
+        """`tls=(certfile, keyfile)` serves HTTPS; the SNI names clients sent are kept in `sni`."""
         if not host.startswith("127."):
             raise ValueError("test servers must bind a 127.0.0.0/8 address")
         self.handler = handler
@@ -120,13 +124,20 @@ class LoopbackServer:
         self._server = _Server((host, 0), _Handler)
         self._server.owner = self
         self.port = self._server.server_address[1]
+        self.scheme = "https" if tls else "http"
+        self.sni: list[str | None] = []
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            ctx.sni_callback = lambda sock, name, c: self.sni.append(name)
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def hits(self) -> int:

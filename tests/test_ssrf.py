@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import io
 import ipaddress
+import shutil
+import subprocess
 
 import pytest
 from PIL import Image
@@ -206,3 +208,38 @@ def test_fetch_reader_extracts_main_text() -> None:
     assert reader.counters.get("calls") == 1 and reader.counters.get("errors") == 0
     with pytest.raises(UnsafeURLError):
         FetchReader().read("http://127.0.0.1:9/")  # default policy: loopback refused, nothing sent
+
+
+def _cert(tmp_path, name: str) -> tuple[str, str]:
+    key, crt = str(tmp_path / f"{name}.key"), str(tmp_path / f"{name}.crt")
+    cmd = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+           "-keyout", key, "-out", crt, "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    return crt, key
+
+
+@pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="needs the openssl CLI to make a test certificate"
+)
+def test_tls_verifies_the_url_host_name_while_connecting_to_the_checked_ip(tmp_path) -> None:
+    """Connect to the checked IP, yet SNI, certificate check and Host header all use the URL's name."""
+    good, wrong = _cert(tmp_path, "public.test"), _cert(tmp_path, "other.test")
+    resolver = {"public.test": ["127.0.0.1"]}.__getitem__
+    page = Reply(body="<html><title>ok</title></html>", headers={"Content-Type": "text/html"})
+    with LoopbackServer(lambda r: page, tls=good) as srv:
+        url = f"https://public.test:{srv.port}/p"
+        res = SafeFetcher(allow_hosts=["127.0.0.1"], resolver=lambda h, p: resolver(h), verify=good[0]).fetch(
+            url
+        )
+        assert res.status == 200 and b"ok" in res.body
+        assert srv.sni == ["public.test"] and srv.requests[0].headers["host"] == f"public.test:{srv.port}"
+        with pytest.raises(
+            SearchError, match="certificate verification failed"
+        ):  # default: system CAs, which do not trust this certificate
+            SafeFetcher(allow_hosts=["127.0.0.1"], resolver=lambda h, p: resolver(h)).fetch(url)
+        assert srv.hits == 1
+    with LoopbackServer(lambda r: page, tls=wrong) as srv:  # trusted certificate, but for another name
+        f = SafeFetcher(allow_hosts=["127.0.0.1"], resolver=lambda h, p: resolver(h), verify=wrong[0])
+        with pytest.raises(SearchError, match="Hostname mismatch") as e:
+            f.fetch(f"https://public.test:{srv.port}/p")
+        assert srv.hits == 0 and not e.value.retryable

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -190,9 +191,13 @@ class GuardedTransport(httpx.HTTPTransport):
     that a refused host never sees a connection.
     """
 
-    def __init__(self, policy: UrlPolicy, *, max_connections: int = 20, verify: bool = True) -> None:
-        super().__init__(verify=verify)
-        ssl_context = httpx.create_ssl_context(verify=verify)
+    def __init__(self, policy: UrlPolicy, *, max_connections: int = 20, verify: bool | str = True) -> None:
+        """`verify`: True (system CAs), a CA bundle path (tests with their own CA), or False (never in use)."""
+        if isinstance(verify, str):
+            ssl_context = ssl.create_default_context(cafile=verify)
+        else:
+            ssl_context = httpx.create_ssl_context(verify=verify)
+        super().__init__(verify=ssl_context)
         self._pool = httpcore.ConnectionPool(
             ssl_context=ssl_context,
             max_connections=max_connections,

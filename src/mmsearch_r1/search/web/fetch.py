@@ -26,7 +26,7 @@ from urllib.parse import urljoin
 import httpx
 
 from mmsearch_r1.search.base import READERS, Counters, Page, SearchError
-from mmsearch_r1.search.ssrf import GuardedTransport, UnsafeURLError, UrlPolicy, check_url
+from mmsearch_r1.search.ssrf import GuardedTransport, Resolver, UnsafeURLError, UrlPolicy, check_url
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,15 @@ class SafeFetcher:
         truncate_pages: bool = True,
         user_agent: str = "mmsearch-r1/0.1 (+research; fetches search results)",
         max_connections: int = 20,
+        verify: bool | str = True,
+        resolver: Resolver | None = None,
     ) -> None:
-        self.policy = UrlPolicy.make(allow_hosts)
+        self.policy = UrlPolicy.make(allow_hosts, resolver)
         self.max_redirects = max_redirects
         self.max_bytes = {"page": max_page_bytes, "image": max_image_bytes}
         self.truncate_pages = truncate_pages
         self._client = httpx.Client(
-            transport=GuardedTransport(self.policy, max_connections=max_connections),
+            transport=GuardedTransport(self.policy, max_connections=max_connections, verify=verify),
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
             follow_redirects=False,
             trust_env=False,
@@ -119,6 +121,8 @@ class SafeFetcher:
             except httpx.TransportError as e:
                 if isinstance(e.__context__, UnsafeURLError):
                     raise e.__context__ from None
+                if "CERTIFICATE_VERIFY_FAILED" in str(e):
+                    raise SearchError(f"TLS certificate verification failed for {current}: {e}") from None
                 raise SearchError(
                     f"network error fetching {current}: {type(e).__name__}", retryable=True
                 ) from None
