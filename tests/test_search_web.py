@@ -271,6 +271,10 @@ def test_keys_never_reach_logs_exceptions_or_reprs(caplog: pytest.LogCaptureFixt
     texts = [caplog.text, repr(b), repr(b.inner)]
     for e in errors:
         texts += [str(e), repr(e), "".join(traceback.format_exception(e))]
+        chained: BaseException | None = e
+        while chained is not None:  # nothing reachable from the error holds the request URL
+            texts += [repr(chained), repr(vars(chained)), repr(getattr(chained, "request", None))]
+            chained = chained.__cause__ or chained.__context__
     for t in texts:
         assert KEY not in t
     assert "HTTP Request" in caplog.text and "api_key=***" in caplog.text  # httpx's own log line, scrubbed

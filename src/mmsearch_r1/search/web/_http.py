@@ -111,12 +111,15 @@ class ApiHttp:
         )
 
     def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        # The error is raised outside the except blocks so that it has no __context__: httpx's exception
+        # carries the request, whose URL holds the key.
         try:
             return self.client.request(method, url, **kwargs)
         except httpx.TimeoutException as e:
-            raise SearchError(f"{self.service}: timed out ({type(e).__name__})", retryable=True) from None
+            err = SearchError(f"{self.service}: timed out ({type(e).__name__})", retryable=True)
         except httpx.TransportError as e:
-            raise SearchError(f"{self.service}: network error ({type(e).__name__})", retryable=True) from None
+            err = SearchError(f"{self.service}: network error ({type(e).__name__})", retryable=True)
+        raise err
 
     def close(self) -> None:
         self.client.close()
