@@ -206,6 +206,13 @@ def test_fetch_reader_extracts_main_text() -> None:
     assert "completed in 1889" in page.text and "330 metres" in page.text
     assert "Home | About" not in page.text
     assert reader.counters.get("calls") == 1 and reader.counters.get("errors") == 0
+    latin = (
+        b'<html><head><meta charset="latin-1"><title>Caf\xe9</title></head><body><article><p>Caf\xe9 au lait is '
+        b"a coffee drink made with hot milk, popular in France and in many other places around the world.</p>"
+        b"</article></body></html>"
+    )
+    with LoopbackServer(lambda r: Reply(body=latin, headers={"Content-Type": "text/html"})) as srv:
+        assert "Café au lait" in FetchReader(allow_hosts=["127.0.0.1"]).read(srv.url + "/").text
     with pytest.raises(UnsafeURLError):
         FetchReader().read("http://127.0.0.1:9/")  # default policy: loopback refused, nothing sent
 

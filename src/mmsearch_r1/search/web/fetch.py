@@ -169,8 +169,8 @@ def extract_main_text(body: bytes, content_type: str) -> tuple[str, str]:
         return "", body.decode("utf-8", "replace")
     import trafilatura
 
-    html = body.decode("utf-8", "replace")
-    text = trafilatura.extract(html, include_comments=False, include_tables=True, favor_recall=True) or ""
+    # bytes in: trafilatura detects the page's own charset (meta tag or guess)
+    text = trafilatura.extract(body, include_comments=False, include_tables=True, favor_recall=True) or ""
     return html_title(body), text
 
 
