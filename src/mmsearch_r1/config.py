@@ -84,6 +84,8 @@ class RolloutConfig:
     prompt_set: str = "default"  # which prompt files under prompts/
     tool_workers: int = 16
     max_batch_size: int = 64  # generation batch cap for the engine
+    schedule: str = "async"  # async (tools overlap generation) | round_sync (all generate, then all tools)
+    min_turn_tokens: int = 8  # a tool turn is appended only if this many response tokens remain after it
 
 
 @dataclass
