@@ -14,7 +14,9 @@ greedy mode and picks it. So a trajectory's tokens do not depend on which other 
 repetition penalty, ...) cannot alter sampling: those fields are set explicitly to neutral values.
 
 Log-probs: `log_softmax(raw_logits / T)[token]` in float32 from `output_logits=True` (T = 1 for greedy),
-i.e. the tempered, *unfiltered* distribution: top-k/top-p only decide which tokens may be drawn. The trainer
+i.e. the tempered, *unfiltered* distribution: top-k/top-p only decide which tokens may be drawn, and so does
+the suppression of the vision tokens (`<|image_pad|>`, `<|vision_start|>`, `<|vision_end|>`, the video pad),
+which are never sampled (a stray image pad in a turn would break the image features of every later turn). The trainer
 recomputes exactly this quantity; `tests/test_rollout_logprobs.py` checks they agree within 1e-4.
 """
 
@@ -81,6 +83,11 @@ class HFEngine:
         self.stop_id = ids.im_end
         self.image_pad_id = ids.image_pad
         self.pad_id = self.adapter._special("endoftext", "<|endoftext|>")
+        # vision tokens are never sampled: a stray image pad would break every later turn's image features
+        self.suppressed = [ids.image_pad, ids.vision_start, ids.vision_end]
+        video = getattr(model.config, "video_token_id", None)
+        if isinstance(video, int) and video not in self.suppressed + [self.stop_id, self.pad_id]:
+            self.suppressed.append(video)
         cfg_image_id = getattr(model.config, "image_token_id", None)
         if cfg_image_id is not None and cfg_image_id != self.image_pad_id:
             raise ValueError(
@@ -138,6 +145,7 @@ class HFEngine:
             top_k=None,
             repetition_penalty=1.0,
             no_repeat_ngram_size=0,
+            suppress_tokens=self.suppressed,
             eos_token_id=self.stop_id,
             pad_token_id=self.pad_id,
             output_logits=True,

@@ -46,9 +46,14 @@ class _Special:
 
 
 class ByteRenderer:
+    """Byte-level chat renderer. With `image_processor` (e.g. transformers' `Qwen2VLImageProcessorPil`) it also
+    returns real `pixel_values` and the processor's grids, so a tiny Qwen2.5-VL with a 262-token vocabulary can
+    run on its output."""
+
     merge_size = 2
 
-    def __init__(self) -> None:
+    def __init__(self, image_processor: Any = None) -> None:
+        self.image_processor = image_processor
         self.ids = {text: 256 + i for i, text in enumerate(SPECIAL_TOKENS)}
         self.texts = {v: k for k, v in self.ids.items()}
         self.special = _Special(*(self.ids[t] for t in SPECIAL_TOKENS))
@@ -83,8 +88,17 @@ class ByteRenderer:
         return "".join(out)
 
     def grid(self, image: Any) -> tuple[int, int, int]:
+        if self.image_processor is not None:
+            return tuple(int(x) for x in self.encode_images([image])[1][0])  # type: ignore[return-value]
         w, h = as_pil(image).size
         return (1, 2 * max(1, math.ceil(h / 28)), 2 * max(1, math.ceil(w / 28)))
+
+    def encode_images(self, images: Sequence[Any]) -> tuple[Any, Any]:
+        """(pixel_values [N, D], image_grid_thw [k, 3]) from the image processor."""
+        if self.image_processor is None:
+            raise ValueError("ByteRenderer has no image processor")
+        enc = self.image_processor(images=[as_pil(im) for im in images], return_tensors="pt")
+        return enc["pixel_values"], enc["image_grid_thw"]
 
     def _parts(self, parts: Sequence[Part], rendered: Rendered) -> None:
         for p in parts:
@@ -97,6 +111,10 @@ class ByteRenderer:
             rendered.input_ids += [self.special.vision_end]
             rendered.images.append(as_pil(p))
             rendered.image_grid_thw = (rendered.image_grid_thw or []) + [(t, h, w)]
+        if self.image_processor is not None and rendered.images:
+            rendered.pixel_values, grid = self.encode_images(rendered.images)
+            if [tuple(g) for g in grid.tolist()] != rendered.image_grid_thw:
+                raise ValueError("image processor grids differ from the per-image grids")
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> Rendered:
         rendered = Rendered([])
