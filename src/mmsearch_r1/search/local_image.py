@@ -26,7 +26,7 @@ import numpy as np
 
 from mmsearch_r1.search.base import IMAGE_BACKENDS, ImageHit, ImageQuery, SearchError
 from mmsearch_r1.search.embedders import Embedder, make_embedder
-from mmsearch_r1.search.local_text import resolve_index_dir
+from mmsearch_r1.search.local_text import _need_dir, resolve_index_dir
 from mmsearch_r1.types import ImageData
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,10 @@ class LocalImageBackend:
 
     name = "local"
 
-    def __init__(self, index_dir: str, embedder: str | dict[str, Any] | None = None) -> None:
+    def __init__(self, index_dir: str | None = None, embedder: str | dict[str, Any] | None = None) -> None:
         import faiss
 
+        _need_dir(index_dir, "image_backend")
         self.index_dir = resolve_index_dir(index_dir, INDEX_META, "image")
         meta = json.loads((self.index_dir / INDEX_META).read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT_VERSION:

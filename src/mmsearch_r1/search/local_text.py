@@ -48,6 +48,14 @@ STOPWORDS = frozenset(
 )
 
 
+def _bm25s() -> Any:
+    """Import bm25s; it sets its own logger to DEBUG on import, so hand the level back to the application."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.NOTSET)
+    return bm25s
+
+
 def tokenize(text: str) -> list[str]:
     """Words of `text` for BM25 and summaries: NFKC, casefolded, letters/digits only, stopwords dropped."""
     words = _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
@@ -83,7 +91,7 @@ def read_pages(path: str | Path) -> list[Page]:
 
 def build_text_index(pages: str | Path | list[Page], out_dir: str | Path) -> Path:
     """Index pages (a JSONL path or a list of `Page`) into `out_dir`; returns `out_dir`."""
-    import bm25s
+    bm25s = _bm25s()
 
     plist = read_pages(pages) if isinstance(pages, (str, Path)) else list(pages)
     if not plist:
@@ -102,7 +110,7 @@ def build_text_index(pages: str | Path | list[Page], out_dir: str | Path) -> Pat
     return out
 
 
-def resolve_index_dir(index_dir: str | Path, meta_name: str, sub: str) -> Path:
+def resolve_index_dir(index_dir: str | Path | None, meta_name: str, sub: str) -> Path:
     """`index_dir` itself if it holds `meta_name`, else `index_dir/sub`; FileNotFoundError otherwise."""
     p = Path(index_dir)
     for cand in (p, p / sub):
@@ -112,6 +120,14 @@ def resolve_index_dir(index_dir: str | Path, meta_name: str, sub: str) -> Path:
         f"no {sub} index at {str(p)!r} (expected {meta_name} there or in {sub}/; "
         "build one with `mmsearch-r1 search index`)"
     )
+
+
+def _need_dir(index_dir: str | None, where: str) -> None:
+    if not index_dir:
+        raise ValueError(
+            f"search config {where}: type 'local' needs index_dir, the folder written by "
+            "`mmsearch-r1 search index --out DIR`"
+        )
 
 
 # Corpora loaded in this process, by resolved index dir: lets `LocalReader()` without options find pages.
@@ -124,9 +140,10 @@ class LocalTextBackend:
 
     name = "local"
 
-    def __init__(self, index_dir: str, snippet_chars: int = 200) -> None:
-        import bm25s
+    def __init__(self, index_dir: str | None = None, snippet_chars: int = 200) -> None:
+        bm25s = _bm25s()
 
+        _need_dir(index_dir, "text_backend")
         self.index_dir = resolve_index_dir(index_dir, INDEX_META, "text")
         meta = json.loads((self.index_dir / INDEX_META).read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT_VERSION:
