@@ -159,10 +159,12 @@ def test_tool_error_and_tool_exception():
 
     (t,), _, r = rollout({"s0": [IMAGE, ANSWER]}, tools=make_tools(image_search=failing))
     assert t.finish_reason == "answer" and not t.turns[0].tool.ok and t.turns[0].tool.error == "timeout"
-    assert "The image search failed" in obs_text(t, r, 0) and len(t.images) == 1
+    obs = obs_text(t, r, 0)
+    assert "<information>the search backend timed out</information>" in obs and len(t.images) == 1
+    assert "These are" not in obs
     (t,), _, r = rollout({"s0": [text_search("x"), ANSWER]}, tools=make_tools(text_search=boom))
     assert t.finish_reason == "answer" and "backend exploded" in t.turns[0].tool.error
-    assert 'The text search for "x" failed' in obs_text(t, r, 0)
+    assert "<information>The text search failed and returned no results." in obs_text(t, r, 0)
     (t,), _, r = rollout({"s0": [IMAGE, ANSWER]}, tools={})
     assert t.finish_reason == "answer" and t.turns[0].tool.error == "no tool 'image_search'"
 

@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 IMAGE_DROPPED_NOTE = "[image not shown: the image limit of this conversation is reached]"
 
 
+def _failed(name: str) -> str:
+    """What the model is told when the loop itself could not run a tool (as the tools word their failures)."""
+    return f"The {name.replace('_', ' ')} failed and returned no results. Go on with your own knowledge.\n"
+
+
 def sampling_params(cfg: RolloutConfig, *, greedy: bool = False, seed: int | None = None) -> SamplingParams:
     """The `SamplingParams` of a rollout config (greedy for evaluation)."""
     return SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, greedy=greedy, seed=seed)
@@ -283,7 +288,7 @@ class AgentLoop:
                 result = tool(arg, sample)
         except Exception as e:  # a tool must not raise; if one does, the model is told the search failed
             log.exception("tool %s raised on sample %s", name, sample.id)
-            result = ToolResult(["the search failed"], ok=False, error=f"{type(e).__name__}: {e}")
+            result = ToolResult([_failed(name)], ok=False, error=f"{type(e).__name__}: {e}")
         return result, time.perf_counter() - t
 
     def _on_tool_result(self, run: _Run, name: str, arg: str | None, res: tuple[ToolResult, float]) -> bool:
