@@ -30,7 +30,7 @@ from mmsearch_r1.config import ProtocolConfig, RolloutConfig
 from mmsearch_r1.rollout.engine import ForcedActionEngine, GenerationRequest, SamplingParams
 from mmsearch_r1.rollout.hf_engine import HFEngine
 from mmsearch_r1.rollout.loop import run_rollouts
-from mmsearch_r1.rollout.testing import ByteRenderer, FakeTool
+from mmsearch_r1.rollout.testing import FakeTool, build_byte_vlm
 from mmsearch_r1.types import Answers, Sample
 
 PATHS = (
@@ -39,35 +39,6 @@ PATHS = (
     ["<search><img></search>", "<text_search>object</text_search>", "<answer>x</answer>"],
     ["<text_search>object</text_search>", "<answer>x</answer>"],
 )
-
-
-def build(seed: int):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    renderer = ByteRenderer(Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112))
-    sp = renderer.special
-    cfg = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=263,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
-            bos_token_id=sp.endoftext,
-            eos_token_id=sp.im_end,
-            pad_token_id=sp.endoftext,
-        ),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64),
-        image_token_id=sp.image_pad,
-        video_token_id=262,
-        vision_start_token_id=sp.vision_start,
-        vision_end_token_id=sp.vision_end,
-    )
-    torch.manual_seed(seed)
-    return Qwen2_5_VLForConditionalGeneration(cfg).eval(), renderer
 
 
 def latency_fn(mean: float, dist: str, seed: int):
@@ -93,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
-    model, renderer = build(args.seed)
+    model, renderer = build_byte_vlm(args.seed, init_range=0.02)
     colors = ["red", "green", "blue", "yellow", "purple", "orange", "gray", "white"]
     samples = [
         Sample(f"p{i}", f"What is object {i}?", [Image.new("RGB", (56, 56), colors[i % 8])], Answers("x"))

@@ -16,7 +16,7 @@ from mmsearch_r1.rollout.engine import ForcedActionEngine, GenerationRequest, Sa
 from mmsearch_r1.rollout.hf_engine import HFEngine
 from mmsearch_r1.rollout.loop import run_rollouts
 from mmsearch_r1.rollout.rendering import RendererAdapter
-from mmsearch_r1.rollout.testing import ByteRenderer, FakeTool
+from mmsearch_r1.rollout.testing import FakeTool, build_byte_vlm
 from mmsearch_r1.rollout.trajectory import check_invariants
 from mmsearch_r1.types import Answers, Sample
 
@@ -25,45 +25,7 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def setup():
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    renderer = ByteRenderer(Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112))
-    sp = renderer.special
-    cfg = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=263,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
-            bos_token_id=sp.endoftext,
-            eos_token_id=sp.im_end,
-            pad_token_id=sp.endoftext,
-            initializer_range=0.2,
-        ),
-        vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=64,
-            fullatt_block_indexes=[1],
-            window_size=112,
-            initializer_range=0.2,
-        ),
-        image_token_id=sp.image_pad,
-        video_token_id=262,  # unused by ByteRenderer
-        vision_start_token_id=sp.vision_start,
-        vision_end_token_id=sp.vision_end,
-        initializer_range=0.2,
-    )
-    torch.manual_seed(0)
-    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
-    return model, renderer
+    return build_byte_vlm(0)
 
 
 def positions(model, input_ids, grid):

@@ -161,3 +161,51 @@ class FakeTool:
         if self.respond is not None:
             return self.respond(arg, sample)
         return ToolResult(list(self.parts), ok=self.ok, error=self.error, latency_s=time.perf_counter() - t)
+
+
+def build_byte_vlm(seed: int = 0, *, hidden: int = 64, init_range: float = 0.2) -> tuple[Any, ByteRenderer]:
+    """A tiny random Qwen2.5-VL over `ByteRenderer`'s 263-id vocabulary, with transformers' Qwen2-VL image
+    processor (56x56 to 112x112 pixels: 4 to 16 image tokens). For tests and benchmarks of code that runs a real
+    model but needs no trained weights. A large `init_range` makes the logits depend strongly on positions and
+    images. Imports torch/transformers lazily."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    renderer = ByteRenderer(Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112))
+    sp = renderer.special
+    head_dim = 16
+    third = head_dim // 2 // 3
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=263,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=hidden // head_dim,
+            num_key_value_heads=max(1, hidden // head_dim // 2),
+            max_position_embeddings=8192,
+            rope_scaling={"type": "mrope", "mrope_section": [head_dim // 2 - 2 * third, third, third]},
+            bos_token_id=sp.endoftext,
+            eos_token_id=sp.im_end,
+            pad_token_id=sp.endoftext,
+            initializer_range=init_range,
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=hidden,
+            fullatt_block_indexes=[1],
+            window_size=112,
+            initializer_range=init_range,
+        ),
+        image_token_id=sp.image_pad,
+        video_token_id=262,  # not produced by ByteRenderer
+        vision_start_token_id=sp.vision_start,
+        vision_end_token_id=sp.vision_end,
+        initializer_range=init_range,
+    )
+    torch.manual_seed(seed)
+    return Qwen2_5_VLForConditionalGeneration(cfg).eval(), renderer
