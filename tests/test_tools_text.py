@@ -8,7 +8,7 @@ import json
 import pytest
 
 from mmsearch_r1.config import SearchConfig
-from mmsearch_r1.search.base import BackendStopped
+from mmsearch_r1.search.base import BackendStopped, WebHit
 from mmsearch_r1.search.local_text import ExtractiveSummarizer
 from mmsearch_r1.tools import TextSearchTool, build_tools
 from test_tools_contract import FakeReader, FakeTextBackend, make_sample
@@ -49,11 +49,7 @@ def test_failing_pages_move_on_to_next_urls(parallel):
 
 def test_hit_text_is_used_and_page_is_capped():
     backend = FakeTextBackend(["A", "B"], with_text=True)
-    backend.search = lambda q, k: [
-        __import__("mmsearch_r1.search.base", fromlist=["WebHit"]).WebHit(
-            url="http://w/0", title="A", text="x" * 50_000
-        )
-    ]
+    backend.search = lambda q, k: [WebHit(url="http://w/0", title="A", text="x" * 50_000)]
     reader, summ = FakeReader(), RecordingSummarizer()
     res = TextSearchTool(backend, reader, summ, top_k=5, max_page_chars=30_000)("q", make_sample())
     assert res.ok and reader.reads == []
