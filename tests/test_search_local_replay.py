@@ -30,10 +30,30 @@ def root(tmp_path) -> Path:
         {
             "key": "fvqa_1",
             "results": [
-                {"title": "Red thing", "thumbnail": "images/a0.png", "thumbnail_url": None, "url": "http://r/0"},
-                {"title": "Remote thing", "thumbnail": None, "thumbnail_url": "http://cdn/t.jpg", "url": None},
-                {"title": "Blue thing", "thumbnail": "images/a2.png", "thumbnail_url": None, "url": "http://r/2"},
-                {"title": "Lost file", "thumbnail": "images/gone.png", "thumbnail_url": None, "url": "http://r/3"},
+                {
+                    "title": "Red thing",
+                    "thumbnail": "images/a0.png",
+                    "thumbnail_url": None,
+                    "url": "http://r/0",
+                },
+                {
+                    "title": "Remote thing",
+                    "thumbnail": None,
+                    "thumbnail_url": "http://cdn/t.jpg",
+                    "url": None,
+                },
+                {
+                    "title": "Blue thing",
+                    "thumbnail": "images/a2.png",
+                    "thumbnail_url": None,
+                    "url": "http://r/2",
+                },
+                {
+                    "title": "Lost file",
+                    "thumbnail": "images/gone.png",
+                    "thumbnail_url": None,
+                    "url": "http://r/3",
+                },
             ],
         },
         {"key": "fvqa_2", "results": []},
