@@ -280,3 +280,13 @@ def test_tools_run_concurrently():
     t0 = time.perf_counter()
     rollout({"s0": [IMAGE, ANSWER]}, n=6, tools=tools)
     assert time.perf_counter() - t0 < 6 * 0.4 * 0.6
+
+
+def test_results_arriving_in_a_burst_share_one_batch():
+    burst = FakeTool(["r"], delay_s=lambda arg, s: 0.2 + 0.003 * int(s.id[1:]))
+    scripts = {f"s{i}": [text_search("q"), ANSWER] for i in range(6)}
+    kw = dict(samples=[sample(i) for i in range(6)], tools=make_tools(text_search=burst))
+    _, engine, _ = rollout(scripts, **kw)
+    assert [len(c) for c in engine.calls] == [6, 6]  # the second turns of all six in one batch
+    _, engine, _ = rollout(scripts, coalesce_s=0.0, **kw)
+    assert len(engine.calls) > 2  # without coalescing the burst is split

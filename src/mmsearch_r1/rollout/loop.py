@@ -21,6 +21,9 @@
 Schedules: "async" (default) keeps a queue of trajectories ready to generate; each step generates one batch of
 up to `max_batch_size` ready trajectories while the tool calls of the others run in the pool, and a trajectory
 whose tool result has arrived joins the next batch, so generation never waits for the slowest tool of a round.
+Results that arrive in a burst are coalesced: before a batch, the loop keeps taking results that arrive within
+`coalesce_s` (default 10 ms) of each other, at most 4 * `coalesce_s`; this avoids a string of tiny batches when
+many tools finish together and costs at most 40 ms when they do not.
 "round_sync" (for comparison, and bit-for-bit reproducible batches) generates every active trajectory, then
 runs all their tool calls and waits for all of them, round after round.
 
@@ -121,12 +124,30 @@ class AgentLoop:
             if not ready:
                 wait(list(pending), return_when=FIRST_COMPLETED)
                 continue
+            if pending and len(ready) < self.cfg.max_batch_size and self.cfg.coalesce_s > 0:
+                self._coalesce(ready, pending)
             batch = [ready.popleft() for _ in range(min(len(ready), self.cfg.max_batch_size))]
             for run, nxt in zip(batch, self._generate(batch), strict=True):
                 if nxt == "ready":
                     ready.append(run)
                 elif nxt is not None:
                     pending[pool.submit(self._call_tool, nxt[0], nxt[1], run.sample)] = (run, *nxt)
+
+    def _coalesce(self, ready: deque[_Run], pending: dict[Future, tuple[_Run, str, str | None]]) -> None:
+        """Let tool results that arrive in a burst join this batch: keep absorbing while results keep coming
+        within `coalesce_s` of each other (at most 4 * coalesce_s in all). Never waits for a slow tool."""
+        deadline = time.perf_counter() + 4 * self.cfg.coalesce_s
+        while pending and len(ready) < self.cfg.max_batch_size:
+            left = min(self.cfg.coalesce_s, deadline - time.perf_counter())
+            if left <= 0:
+                return
+            done, _ = wait(list(pending), timeout=left, return_when=FIRST_COMPLETED)
+            if not done:
+                return
+            for fut in done:
+                run, name, arg = pending.pop(fut)
+                if self._on_tool_result(run, name, arg, fut.result()):
+                    ready.append(run)
 
     def _run_round_sync(self, active: list[_Run], pool: ThreadPoolExecutor) -> None:
         while active:
