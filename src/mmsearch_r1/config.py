@@ -86,6 +86,7 @@ class RolloutConfig:
     max_batch_size: int = 64  # generation batch cap for the engine
     schedule: str = "async"  # async (tools overlap generation) | round_sync (all generate, then all tools)
     min_turn_tokens: int = 8  # a tool turn is appended only if this many response tokens remain after it
+    coalesce_s: float = 0.01  # async: tool results arriving within this gap of each other join one batch
 
 
 @dataclass
