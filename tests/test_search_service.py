@@ -303,6 +303,7 @@ def test_stats_count_requests_and_backend_counters(url, comps):
     assert ep["latency_p99_s"] >= ep["latency_p50_s"] > 0
     assert st["backends"]["text"]["name"] == "dict"
     assert st["backends"]["text"]["calls"] == c0 + 3 == comps[0].counters.get("calls")
+    assert st["backends"]["text"]["served_calls"] >= 3 and st["backends"]["text"]["served_latency_s"] > 0
     assert st["backends"]["reader"]["errors"] >= 1  # the broken page, from earlier tests
     assert st["guard"]["unauthorized"] >= 1 and st["guard"]["too_large"] >= 1
     client.close()

@@ -326,10 +326,31 @@ class _Stats:
         return out
 
 
-def _counters_of(component: Any) -> dict[str, Any]:
-    c = getattr(component, "counters", None)
-    snap = c.snapshot() if isinstance(c, Counters) else {}
-    return {"name": getattr(component, "name", type(component).__name__), **snap}
+class _Served:
+    """Counts what the service asked of one component: served_calls, served_errors, served_latency_s."""
+
+    def __init__(self, inner: Any, method: str) -> None:
+        self.inner = inner
+        self.name = getattr(inner, "name", type(inner).__name__)
+        self.served = Counters()
+        self._fn = getattr(inner, method)
+        setattr(self, method, self._call)
+
+    def _call(self, *args: Any) -> Any:
+        t0 = time.perf_counter()
+        self.served.incr("served_calls")
+        try:
+            return self._fn(*args)
+        except BaseException:
+            self.served.incr("served_errors")
+            raise
+        finally:
+            self.served.incr("served_latency_s", time.perf_counter() - t0)
+
+    def stats(self) -> dict[str, Any]:
+        c = getattr(self.inner, "counters", None)
+        own = c.snapshot() if isinstance(c, Counters) else {}
+        return {"name": self.name, **own, **self.served.snapshot()}
 
 
 def create_app(
@@ -350,6 +371,16 @@ def create_app(
 
     if max_request_bytes < 1 or top_k < 1 or workers < 1:
         raise ValueError("create_app: max_request_bytes, top_k and workers must be >= 1")
+    served: dict[str, _Served] = {}
+    if text_pipeline is not None:
+        for role, comp, method in zip(
+            ("text", "reader", "summarizer"), text_pipeline, ("search", "read", "summarize"), strict=True
+        ):
+            served[role] = _Served(comp, method)
+        text_pipeline = (served["text"], served["reader"], served["summarizer"])  # type: ignore[assignment]
+    if image_backend is not None:
+        served["image"] = _Served(image_backend, "search")
+        image_backend = served["image"]  # type: ignore[assignment]
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="search-svc")
     page_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="search-svc-page")
     stats = _Stats()
@@ -404,12 +435,7 @@ def create_app(
 
     @app.get("/stats")
     async def get_stats() -> dict[str, Any]:
-        backends: dict[str, Any] = {}
-        if text_pipeline is not None:
-            for role, comp in zip(("text", "reader", "summarizer"), text_pipeline, strict=True):
-                backends[role] = _counters_of(comp)
-        if image_backend is not None:
-            backends["image"] = _counters_of(image_backend)
+        backends = {role: comp.stats() for role, comp in served.items()}
         return {"endpoints": stats.snapshot(), "guard": guard_counters.snapshot(), "backends": backends}
 
     @app.post("/v1/search/text")
