@@ -1,0 +1,75 @@
+"""Load Qwen2-VL / Qwen2.5-VL checkpoints (weights, tokenizer, image processor) from a local directory.
+
+Works for the tiny model this project builds and for released checkpoints a user has downloaded. The image
+processor is loaded with its PIL backend, so torchvision is not needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from mmsearch_r1.model.chat import ChatRenderer
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _check_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"model directory not found: {p}")
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"{p} has no config.json (not a Hugging Face model directory)")
+    return p
+
+
+def load_processor(path: str | Path) -> ChatRenderer:
+    """Tokenizer + image processor of a checkpoint directory, wrapped as a `ChatRenderer`."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"model directory not found: {p}")
+    tokenizer = AutoTokenizer.from_pretrained(str(p))
+    if not (p / "preprocessor_config.json").is_file():
+        raise FileNotFoundError(f"{p} has no preprocessor_config.json (image processor)")
+    image_processor = AutoImageProcessor.from_pretrained(str(p), backend="pil")
+    return ChatRenderer(tokenizer, image_processor)
+
+
+def model_class(model_type: str) -> Any:
+    if model_type == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        return Qwen2_5_VLForConditionalGeneration
+    if model_type == "qwen2_vl":
+        from transformers import Qwen2VLForConditionalGeneration
+
+        return Qwen2VLForConditionalGeneration
+    raise ValueError(f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+
+
+def load_model(
+    path: str | Path,
+    dtype: str = "float32",
+    device: str = "cpu",
+    attn_implementation: str | None = "sdpa",
+) -> Any:
+    """Load the model in `dtype` on `device`, in eval mode."""
+    import torch
+    from transformers import AutoConfig
+
+    p = _check_dir(path)
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} not one of {', '.join(_DTYPES)}")
+    cfg = AutoConfig.from_pretrained(str(p))
+    cls = model_class(cfg.model_type)
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = cls.from_pretrained(str(p), **kwargs)
+    return model.to(device).eval()
