@@ -44,6 +44,7 @@ _MODULES = (
     "mmsearch_r1.search.web.jina",
     "mmsearch_r1.search.web.fetch",
     "mmsearch_r1.search.web.summarize",
+    "mmsearch_r1.search.client",
 )
 LOCAL_TYPES = frozenset({"local", "replay", "extractive"})
 _WRAPPER_KEYS = ("retry", "max_concurrency", "cache")
@@ -119,8 +120,17 @@ def build_text_pipeline(cfg: SearchConfig) -> tuple[TextSearchBackend, PageReade
     load_backend_modules()
     spec = dict(cfg.text_backend)
     local = spec.get("type") in LOCAL_TYPES
-    reader_spec = spec.pop("reader", None) or {"type": "local" if local else "jina"}
-    summ_spec = spec.pop("summarizer", None) or {"type": "extractive"}
+    if spec.get("type") == "service":
+        # the service runs the reader and summarizer too: default them to the same server, uncached here
+        remote = {k: spec[k] for k in ("url", "token_env", "timeout_s") if k in spec}
+        default_reader = {"type": "service", "cache": False, **remote}
+        default_summ = {"type": "service", "cache": False, **remote}
+        spec.setdefault("cache", False)
+    else:
+        default_reader = {"type": "local" if local else "jina"}
+        default_summ = {"type": "extractive"}
+    reader_spec = spec.pop("reader", None) or default_reader
+    summ_spec = spec.pop("summarizer", None) or default_summ
     backend = _build("text", TEXT_BACKENDS, spec, cfg, "text_backend")
     reader = _build("reader", READERS, reader_spec, cfg, "text_backend.reader")
     summarizer = _build("summarizer", SUMMARIZERS, summ_spec, cfg, "text_backend.summarizer")
