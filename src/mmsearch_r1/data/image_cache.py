@@ -1,0 +1,198 @@
+"""Convert a released image-search cache pickle to JSON + image files, without running untrusted code.
+
+The FVQA release ships its cached Google Lens results as pickles keyed by `data_id`: page titles and
+thumbnails (URL strings, or images). Unpickling an untrusted file can run arbitrary code, so `SafeUnpickler`
+admits only the globals needed to rebuild that data (containers and primitives, PIL images, numpy arrays) and
+refuses anything else with `UnsafePickleError` before it is called.
+
+Output layout (read by the `replay` image backend via `load_image_cache`):
+    OUT_DIR/manifest.jsonl   one line per key:
+        {"key": str, "results": [{"title": str, "thumbnail": "images/<name>.png" | null,
+                                  "thumbnail_url": str | null, "url": str | null}]}
+    OUT_DIR/images/          the thumbnails that were images in the pickle, as PNG
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_ALLOWED: dict[str, set[str]] = {
+    "builtins": {
+        "set",
+        "frozenset",
+        "bytearray",
+        "list",
+        "dict",
+        "tuple",
+        "str",
+        "bytes",
+        "int",
+        "float",
+        "bool",
+    },
+    "collections": {"OrderedDict"},
+    "_codecs": {"encode"},  # protocol-2 encoding of bytes
+    "copyreg": {"_reconstructor"},
+    "PIL.Image": {"Image"},
+    "PIL.JpegImagePlugin": {"JpegImageFile"},
+    "PIL.PngImagePlugin": {"PngImageFile"},
+    "PIL.WebPImagePlugin": {"WebPImageFile"},
+    "PIL.GifImagePlugin": {"GifImageFile"},
+    "PIL.MpoImagePlugin": {"MpoImageFile"},
+    "numpy": {"ndarray", "dtype"},
+    "numpy.core.multiarray": {"_reconstruct", "scalar"},
+    "numpy._core.multiarray": {"_reconstruct", "scalar"},
+    "numpy._core.numeric": {"_frombuffer"},
+    "numpy.core.numeric": {"_frombuffer"},
+}
+_ALLOWED_NUMPY_DTYPE_MODULES = ("numpy.dtypes",)
+
+
+class UnsafePickleError(ValueError):
+    """The pickle asked for a global outside the allow-list; nothing was called."""
+
+
+class SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if name in _ALLOWED.get(module, ()) or (
+            module in _ALLOWED_NUMPY_DTYPE_MODULES and name.endswith("DType")
+        ):
+            return super().find_class(module, name)
+        raise UnsafePickleError(
+            f"refused to load global {module}.{name}: the image-cache converter admits only containers, "
+            "strings, numbers, bytes, PIL images and numpy arrays"
+        )
+
+
+def safe_load(path: str | Path) -> Any:
+    with open(path, "rb") as f:
+        try:
+            return SafeUnpickler(f).load()
+        except UnsafePickleError:
+            raise
+        except Exception as e:  # truncated or corrupt file
+            raise ValueError(f"{path}: not a readable pickle ({e.__class__.__name__}: {e})") from None
+
+
+_TITLE_KEYS = ("titles", "title", "page_titles")
+_THUMB_KEYS = ("thumbnails", "thumbnail", "images", "image", "thumbnail_urls")
+_URL_KEYS = ("urls", "links", "link", "page_urls")
+
+
+def _pick(d: dict, keys: tuple[str, ...]) -> Any:
+    for k in keys:
+        if k in d:
+            return d[k]
+    return None
+
+
+def _as_list(x: Any) -> list:
+    if x is None:
+        return []
+    if isinstance(x, (str, bytes)) or not hasattr(x, "__iter__"):
+        return [x]
+    if hasattr(x, "ndim") and getattr(x, "ndim", 1) == 3:  # one HxWxC array is one image
+        return [x]
+    return list(x)
+
+
+def _entry(key: str, value: Any) -> tuple[list, list, list]:
+    if isinstance(value, dict):
+        titles, thumbs, urls = _pick(value, _TITLE_KEYS), _pick(value, _THUMB_KEYS), _pick(value, _URL_KEYS)
+    elif isinstance(value, (list, tuple)) and len(value) in (2, 3):
+        titles, thumbs = value[0], value[1]
+        urls = value[2] if len(value) == 3 else None
+    else:
+        raise ValueError(
+            f"key {key!r}: expected a dict or a (titles, thumbnails) pair, got {type(value).__name__}"
+        )
+    return _as_list(titles), _as_list(thumbs), _as_list(urls)
+
+
+def _to_pil(x: Any):
+    from PIL import Image
+
+    if isinstance(x, Image.Image):
+        return x
+    if isinstance(x, (bytes, bytearray)):
+        return Image.open(io.BytesIO(bytes(x)))
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        import numpy as np
+
+        arr = np.asarray(x)
+        if arr.dtype != np.uint8:
+            arr = np.clip(arr, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr)
+    return None
+
+
+def _safe_name(key: str, i: int) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", key)[:60] or "key"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+    return f"{stem}-{digest}-{i}.png"
+
+
+def convert_image_cache(in_path: str | Path, out_dir: str | Path) -> dict[str, int]:
+    """Convert the pickle at `in_path` into `out_dir`; returns counts (keys, results, images, urls)."""
+    data = safe_load(in_path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{in_path}: expected a dict keyed by data_id, got {type(data).__name__}")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    counts = {"keys": 0, "results": 0, "images": 0, "thumbnail_urls": 0}
+    with open(out / "manifest.jsonl", "w", encoding="utf-8") as mf:
+        for key, value in data.items():
+            key = str(key)
+            titles, thumbs, urls = _entry(key, value)
+            results = []
+            for i in range(max(len(titles), len(thumbs))):
+                title = str(titles[i]) if i < len(titles) and titles[i] is not None else ""
+                th = thumbs[i] if i < len(thumbs) else None
+                url = urls[i] if i < len(urls) and isinstance(urls[i], str) else None
+                rec: dict[str, Any] = {"title": title, "thumbnail": None, "thumbnail_url": None, "url": url}
+                if isinstance(th, str):
+                    rec["thumbnail_url"] = th
+                    counts["thumbnail_urls"] += 1
+                elif th is not None:
+                    img = _to_pil(th)
+                    if img is None:
+                        raise ValueError(
+                            f"key {key!r} result {i}: unsupported thumbnail type {type(th).__name__}"
+                        )
+                    name = _safe_name(key, i)
+                    img.convert("RGB").save(out / "images" / name, format="PNG")
+                    rec["thumbnail"] = f"images/{name}"
+                    counts["images"] += 1
+                results.append(rec)
+            mf.write(json.dumps({"key": key, "results": results}, ensure_ascii=False) + "\n")
+            counts["keys"] += 1
+            counts["results"] += len(results)
+    log.info("converted %s -> %s: %s", in_path, out, counts)
+    return counts
+
+
+def load_image_cache(out_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Read a converted cache: key -> list of results (see the module docstring)."""
+    manifest = Path(out_dir) / "manifest.jsonl"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no manifest.jsonl in {out_dir}")
+    out: dict[str, list[dict[str, Any]]] = {}
+    with open(manifest, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                out[str(rec["key"])] = list(rec["results"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{manifest} line {n}: bad record ({e})") from None
+    return out
