@@ -139,6 +139,29 @@ class TrainerConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Supervised warm start (`mmsearch-r1 sft`, docs/sft.md) on conversations JSONL/parquet.
+
+    Uses `model.*` for the starting model, `optim.*` for everything but the lr (betas, weight decay, schedule,
+    warm-up, grad clipping) and `trainer.seed` / `trainer.keep_last`. One step = `batch_size` conversations,
+    split into micro-batches of `micro_batch_size` (padded per micro-batch, gradients accumulated).
+    """
+
+    train_files: list[str] = field(default_factory=list)
+    run_dir: str = "runs/sft"
+    epochs: int = 1
+    max_steps: int = 0  # > 0: stop after this many optimizer steps (data repeats as needed)
+    batch_size: int = 8  # conversations per optimizer step
+    micro_batch_size: int = 4  # conversations per forward/backward
+    lr: float = 1e-5
+    max_length: int = 4096  # tokens; longer conversations are cut after the last whole assistant turn that fits
+    shuffle: bool = True
+    save_every: int = 0  # checkpoint every N steps (0: only at the end)
+    log_every: int = 1
+    export_dir: str = ""  # final HF model directory ("" = RUN_DIR/final)
+
+
+@dataclass
 class Config:
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -149,3 +172,4 @@ class Config:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
