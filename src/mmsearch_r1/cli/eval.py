@@ -1,0 +1,106 @@
+"""`mmsearch-r1 eval --model DIR --data FILE... [--policy agent|direct|rag] [--search CONFIG] [--judge CONFIG]`.
+
+Greedy decoding, one response per question, any number of parquet files (released schema). Always writes
+`OUT/samples.jsonl`, `OUT/summary.json` and `OUT/summary.md` (see docs/eval.md) and prints the markdown summary.
+`--config` takes a full training config (its protocol, rollout, reward and search sections are used);
+`--search` (a full config or a bare search section) overrides its search section. `--judge` is a YAML file with
+the judge's `model`, `base_url`, `api_key_env`, `cache_path`, ... (`eval.judge.JudgeConfig`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+POLICIES = ("agent", "direct", "rag")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a model (or a baseline policy) on parquet files")
+    p.add_argument("--model", required=True, metavar="DIR", help="model directory (HF format)")
+    p.add_argument("--data", required=True, nargs="+", metavar="FILE", help="parquet files (released schema)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default runs/eval/<model>-<policy>)")
+    p.add_argument("--policy", default="agent", choices=POLICIES, help="agent (default), direct or rag")
+    p.add_argument("--config", metavar="CONFIG_YAML", help="full config: protocol, rollout, reward, search")
+    p.add_argument(
+        "--search", metavar="CONFIG_YAML", help="search config (full config or its search section)"
+    )
+    p.add_argument(
+        "--judge", metavar="JUDGE_YAML", help="LLM judge config (model, base_url, api_key_env, ...)"
+    )
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N samples of each file")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="per-turn token limit (default: config)")
+    p.add_argument("--chunk-size", type=int, default=64, help="samples per rollout batch (default 64)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--skip-bad-rows", action="store_true", help="skip unreadable rows instead of failing")
+    p.set_defaults(func=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from mmsearch_r1.config import Config
+    from mmsearch_r1.eval.evaluate import evaluate_model
+
+    for f in args.data:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"--data {f}: no such file")
+    if args.config:
+        from mmsearch_r1.config_io import load_config
+
+        cfg = load_config(args.config)
+    else:
+        cfg = Config()
+    search = cfg.search
+    if args.search:
+        from mmsearch_r1.cli.infer import load_search_config
+
+        search = load_search_config(args.search)
+    rollout = cfg.rollout
+    if args.max_new_tokens is not None:
+        if args.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+        rollout = dataclasses.replace(rollout, max_new_tokens_per_turn=args.max_new_tokens)
+    judge = None
+    if args.judge:
+        from mmsearch_r1.eval.judge import LLMJudge, load_judge_config
+
+        judge = LLMJudge(load_judge_config(args.judge))
+    out = Path(args.out) if args.out else Path("runs") / "eval" / f"{Path(args.model).name}-{args.policy}"
+
+    bar = tqdm(total=None, unit="q", desc=f"eval ({args.policy})", file=sys.stderr, disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        summary = evaluate_model(
+            args.model,
+            args.data,
+            out_dir=out,
+            policy=args.policy,
+            search=search,
+            protocol=cfg.protocol,
+            rollout=rollout,
+            reward=cfg.reward,
+            judge=judge,
+            limit=args.limit,
+            dtype=args.dtype,
+            device=args.device,
+            skip_bad_rows=args.skip_bad_rows,
+            chunk_size=args.chunk_size,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    print((out / "summary.md").read_text(encoding="utf-8"))
+    print(
+        f"wrote {out / 'samples.jsonl'} ({summary['n_samples']} samples), {out / 'summary.json'}, {out / 'summary.md'}"
+    )
+    return 0
