@@ -73,8 +73,10 @@ def evaluate(
         tools=tools,
         protocol=protocol,
         prompt_set=rollout.prompt_set,
+        answer_tokens=rollout.max_new_tokens_per_turn,
     )
-    cfg = dataclasses.replace(rollout, n=1, prompt_set=pol.prompt_set)
+    per_turn = max(rollout.max_new_tokens_per_turn, pol.min_turn_tokens)
+    cfg = dataclasses.replace(rollout, n=1, prompt_set=pol.prompt_set, max_new_tokens_per_turn=per_turn)
     params = SamplingParams(temperature=0.0, greedy=True, seed=0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ The prompt files are `prompts/rollout_baseline_{direct,rag}_*.j2` (the rollout's
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ class Policy:
     prompt_set: str
     tools: Mapping[str, Any]
     engine: Engine
+    min_turn_tokens: int = 0  # the per-turn token limit must be at least this (room for forced turns)
 
 
 class RagEngine:
@@ -54,6 +56,7 @@ class RagEngine:
         stop_id: int,
         *,
         query_tokens: int = 32,
+        answer_tokens: int | None = None,
     ) -> None:
         if query_tokens < 1:
             raise ValueError(f"query_tokens must be >= 1, got {query_tokens}")
@@ -65,6 +68,12 @@ class RagEngine:
         self.image_turn = list(encode(IMAGE_TURN)) + [stop_id]
         self.prefix = list(encode(QUERY_PREFIX))
         self.suffix = list(encode(QUERY_SUFFIX))
+        self.answer_tokens = answer_tokens
+
+    @property
+    def min_turn_tokens(self) -> int:
+        """The per-turn token limit the forced turns need."""
+        return max(len(self.image_turn), len(self.prefix) + self.query_tokens + len(self.suffix) + 1)
 
     def generate(
         self, requests: Sequence[GenerationRequest], params: SamplingParams
@@ -91,6 +100,8 @@ class RagEngine:
                     key=req.key,
                     turn_index=req.turn_index,
                 )
+            elif self.answer_tokens is not None and req.max_new_tokens > self.answer_tokens:
+                req = dataclasses.replace(req, max_new_tokens=self.answer_tokens)
             inner_idx.append(i)
             inner_reqs.append(req)
         inner_outs = self.inner.generate(inner_reqs, params) if inner_reqs else []
@@ -135,8 +146,14 @@ def build_policy(
     protocol: ProtocolConfig | None = None,
     prompt_set: str = "default",
     query_tokens: int = 32,
+    answer_tokens: int | None = None,
 ) -> Policy:
-    """The `Policy` named `name` (agent | direct | rag) around `engine` (see the module docstring)."""
+    """The `Policy` named `name` (agent | direct | rag) around `engine` (see the module docstring).
+
+    rag: `query_tokens` caps the model's query; `answer_tokens` (the caller's per-turn limit) caps its free
+    turns, while `Policy.min_turn_tokens` tells the caller how high the loop's per-turn limit must be set for
+    the forced turns to fit.
+    """
     if name == "agent":
         return Policy(name, protocol or ProtocolConfig(), prompt_set, dict(tools), engine)
     if name == "direct":
@@ -149,7 +166,9 @@ def build_policy(
         from mmsearch_r1.rollout.rendering import RendererAdapter
 
         r = RendererAdapter(renderer)
-        wrapped = RagEngine(engine, r.encode, r.decode, r.im_end, query_tokens=query_tokens)
+        wrapped = RagEngine(
+            engine, r.encode, r.decode, r.im_end, query_tokens=query_tokens, answer_tokens=answer_tokens
+        )
         paper = ProtocolConfig(
             max_turns=3,
             max_searches=2,
@@ -157,5 +176,5 @@ def build_policy(
             max_text_searches=1,
             image_search_first_turn_only=True,
         )
-        return Policy(name, paper, "baseline_rag", dict(tools), wrapped)
+        return Policy(name, paper, "baseline_rag", dict(tools), wrapped, wrapped.min_turn_tokens)
     raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
