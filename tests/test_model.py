@@ -187,3 +187,59 @@ def test_cli_model_tiny(tmp_path: Path, capsys) -> None:
     assert main(["model", "tiny", "--out", str(tmp_path / "m"), "--seed", "1"]) == 0
     assert (tmp_path / "m" / "model.safetensors").is_file()
     assert "tiny model written" in capsys.readouterr().out
+
+
+def test_shipped_chat_template_agrees_with_renderer(tiny_model_dir) -> None:
+    r = load_processor(tiny_model_dir)
+    img = _img((40, 80, 120))
+    msgs = [
+        Message("system", ["Answer briefly."]),
+        Message("user", [img, "What is this?"]),
+        Message("assistant", ["<reason>x</reason><search><img></search>"]),
+        Message("user", ["<information>none</information>"]),
+    ]
+    as_dicts = [
+        {
+            "role": m.role,
+            "content": [
+                {"type": "text", "text": p} if isinstance(p, str) else {"type": "image"} for p in m.content
+            ],
+        }
+        for m in msgs
+    ]
+    text = r.tokenizer.apply_chat_template(as_dicts, tokenize=False, add_generation_prompt=True)
+    ids = r.tokenizer(text, add_special_tokens=False)["input_ids"]
+    ren = r.render(msgs, add_generation_prompt=True)
+    n = r.num_image_tokens(ren.image_grid_thw[0].tolist())
+    assert n == 4  # a 56x56 image is 4 merged tokens
+    k = ids.index(r.special.image_pad)
+    assert ids[:k] + [r.special.image_pad] * n + ids[k + 1 :] == ren.input_ids
+    assert r.decode(ren.input_ids).count("<|image_pad|>") == n
+
+
+def test_text_only_left_padded_positions_match_unpadded_rows(tiny) -> None:
+    model, r = tiny
+    a, b = r.encode("What is the name of this object?"), r.encode("Paris")
+    T = len(a)
+    input_ids = torch.tensor([a, [r.special.pad] * (T - len(b)) + b])
+    attn = torch.tensor([[1] * T, [0] * (T - len(b)) + [1] * len(b)])
+    pos = compute_position_ids(model, input_ids, None, attn)
+    assert pos.shape == (3, 2, T)
+    with torch.no_grad():
+        batched = model(input_ids=input_ids, attention_mask=attn, position_ids=pos).logits
+        alone = model(input_ids=torch.tensor([b])).logits[0]
+    assert torch.allclose(batched[1, T - len(b) :], alone, atol=1e-5)
+
+
+def test_load_processor_errors_name_the_missing_piece(tiny_model_dir, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_processor(tmp_path / "nope")
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_bytes((tiny_model_dir / "config.json").read_bytes())
+    with pytest.raises(FileNotFoundError, match="tokenizer files"):
+        load_processor(partial)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (partial / name).write_bytes((tiny_model_dir / name).read_bytes())
+    with pytest.raises(FileNotFoundError, match="preprocessor_config.json"):
+        load_processor(partial)

@@ -34,6 +34,8 @@ def load_processor(path: str | Path) -> ChatRenderer:
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"model directory not found: {p}")
+    if not any((p / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        raise FileNotFoundError(f"{p} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
     tokenizer = AutoTokenizer.from_pretrained(str(p))
     if not (p / "preprocessor_config.json").is_file():
         raise FileNotFoundError(f"{p} has no preprocessor_config.json (image processor)")

@@ -5,6 +5,12 @@ all three rows, continuing after each image from the largest position used. The 
 row and numbered response tokens sequentially over returned images, so training log-probs disagreed with the
 rollout's. Here the positions of the whole sequence (prompt, every assistant turn, every tool turn with its
 thumbnails) come from `get_rope_index` of the loaded model, with padding excluded by the attention mask.
+
+Layout (transformers 5.23): `forward` takes `position_ids` of shape (3, B, T) (temporal, height, width rows);
+a 4-row tensor is also accepted, its first row then being plain text positions used only to build packed
+attention masks. We return 3 rows. Note that the model computes mRoPE positions by itself only when it is given
+`mm_token_type_ids` (1 on image pads; `ChatRenderer.mm_token_type_ids`); without them, and without
+`position_ids`, it silently falls back to 1-D positions. Pass one or the other, to `forward` and `generate`.
 """
 
 from __future__ import annotations
