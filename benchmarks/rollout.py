@@ -3,10 +3,12 @@
 Workload: 8 prompts x 4 rollouts on a tiny random Qwen2.5-VL (built in-process, byte-level vocabulary) with
 the HF engine. Each group member follows one path, with protocol tags forced around tokens the model really
 samples (`ForcedActionEngine`): answer directly; image search -> answer; image search -> text search -> answer;
-text search -> answer. Tool calls sleep for a latency drawn per (sample, tool, argument) from an exponential
-distribution with mean `--latency` (default 0.5 s; `--dist const` for a fixed latency); both schedules see the
-same latency for the same call. The tools are delayed in-process fakes returning two thumbnails (image search)
-or a text summary (text search): this checkout has no search service yet, so its HTTP hop is not measured.
+text search -> answer. Tools (`--backend service`, default): the real tools (`tools.build_tools`) with
+`"service"` client backends talking HTTP to the real search service (`search.service.create_app`, uvicorn on
+127.0.0.1) that serves a local BM25 corpus and a local image index built here; on the server, each text or
+image search sleeps first for a latency drawn per query from an exponential distribution with mean
+`--latency` (default 0.5 s; `--dist const` for a fixed latency), the same in both schedules. `--backend fake`
+uses in-process delayed fakes instead (no HTTP).
 
 Figures: wall time of the async schedule, its critical-path lower bound (max over trajectories of the wall
 time of the generate calls it was part of plus its own tool latencies), and the round_sync schedule's wall
@@ -17,11 +19,17 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import math
+import socket
 import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -31,31 +39,125 @@ from mmsearch_r1.rollout.engine import ForcedActionEngine, GenerationRequest, Sa
 from mmsearch_r1.rollout.hf_engine import HFEngine
 from mmsearch_r1.rollout.loop import run_rollouts
 from mmsearch_r1.rollout.testing import FakeTool, build_byte_vlm
-from mmsearch_r1.types import Answers, Sample
+from mmsearch_r1.types import Answers, ImageData, Sample
 
 PATHS = (
     ["<answer>x</answer>"],
     ["<search><img></search>", "<answer>x</answer>"],
-    ["<search><img></search>", "<text_search>object</text_search>", "<answer>x</answer>"],
-    ["<text_search>object</text_search>", "<answer>x</answer>"],
+    ["<search><img></search>", "<text_search>QUERY</text_search>", "<answer>x</answer>"],
+    ["<text_search>QUERY</text_search>", "<answer>x</answer>"],
 )
 
 
-def latency_fn(mean: float, dist: str, seed: int):
-    def delay(arg: str | None, sample: Sample) -> float:
-        if dist == "const":
-            return mean
-        h = hashlib.sha256(f"{seed}|{sample.id}|{arg}".encode()).digest()
-        u = (int.from_bytes(h[:8], "little") + 0.5) / 2**64
-        return -mean * math.log(u)
+def png(img: Image.Image) -> ImageData:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return ImageData(bytes=buf.getvalue())
 
-    return delay
+
+def latency_of(key: str, mean: float, dist: str, seed: int) -> float:
+    if dist == "const":
+        return mean
+    h = hashlib.sha256(f"{seed}|{key}".encode()).digest()
+    u = (int.from_bytes(h[:8], "little") + 0.5) / 2**64
+    return -mean * math.log(u)
+
+
+class Delayed:
+    """A search backend that sleeps `latency_of(query)` before delegating (runs inside the service)."""
+
+    def __init__(self, inner: Any, latency: tuple[float, str, int]) -> None:
+        self.inner, self.latency, self.name = inner, latency, inner.name
+
+    def search(self, query: Any, k: int) -> Any:
+        key = query if isinstance(query, str) else "image:" + query.image.content_hash()
+        time.sleep(latency_of(key, *self.latency))
+        return self.inner.search(query, k)
+
+
+def build_indexes(workdir: Path) -> None:
+    from mmsearch_r1.search.local_image import build_image_index
+    from mmsearch_r1.search.local_text import build_text_index
+
+    with open(workdir / "pages.jsonl", "w") as f:
+        for i in range(16):
+            page = {"url": f"http://local/{i}", "title": f"Object {i}", "text": f"Object {i} is x{i}."}
+            f.write(json.dumps(page) + "\n")
+    build_text_index(workdir / "pages.jsonl", workdir / "text")
+    (workdir / "imgs").mkdir()
+    with open(workdir / "imgs" / "images.jsonl", "w") as f:
+        for i in range(16):
+            Image.new("RGB", (56, 56), (16 * i, 255 - 16 * i, 90)).save(workdir / "imgs" / f"{i}.png")
+            f.write(
+                json.dumps({"image": f"{i}.png", "title": f"Object {i}", "url": f"http://local/{i}"}) + "\n"
+            )
+    build_image_index(workdir / "imgs" / "images.jsonl", workdir / "image", thumb_max_side=56)
+
+
+def serve(workdir: str, latency: tuple[float, str, int], port_queue: Any) -> None:
+    """Child process: the search service over the local indexes, with delays, on 127.0.0.1:<free port>."""
+    import uvicorn
+
+    from mmsearch_r1.search.local_image import LocalImageBackend
+    from mmsearch_r1.search.local_text import ExtractiveSummarizer, LocalReader, LocalTextBackend
+    from mmsearch_r1.search.service import create_app
+
+    text = LocalTextBackend(f"{workdir}/text")
+    pipeline = (Delayed(text, latency), LocalReader(f"{workdir}/text"), ExtractiveSummarizer())
+    image = Delayed(LocalImageBackend(f"{workdir}/image"), latency)
+    app = create_app(pipeline, image, token=None, top_k=2, workers=64)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port_queue.put(sock.getsockname()[1])
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def service_tools(workdir: Path, latency: tuple[float, str, int]):
+    """Build a local corpus + image index, serve them from a child process, yield the client tools."""
+    import multiprocessing
+
+    import httpx
+
+    from mmsearch_r1.config import SearchConfig
+    from mmsearch_r1.search import client as _client  # noqa: F401  (registers the "service" backends)
+    from mmsearch_r1.tools import build_tools
+
+    build_indexes(workdir)
+    ctx = multiprocessing.get_context("spawn")
+    ports = ctx.Queue()
+    proc = ctx.Process(target=serve, args=(str(workdir), latency, ports), daemon=True)
+    proc.start()
+    try:
+        url = f"http://127.0.0.1:{ports.get(timeout=120)}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or not proc.is_alive():
+                raise RuntimeError("the search service did not start")
+            time.sleep(0.05)
+        svc = {"type": "service", "url": url, "cache": False}
+        cfg = SearchConfig(
+            top_k=2,
+            max_concurrency=64,  # the default (8 per upstream) would queue 32 concurrent searches in waves
+            text_backend={**svc, "reader": dict(svc), "summarizer": dict(svc)},
+            image_backend=dict(svc),
+        )
+        yield build_tools(cfg)
+    finally:
+        proc.terminate()
+        proc.join(10)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--latency", type=float, default=0.5, help="mean tool latency per call, seconds")
     ap.add_argument("--dist", choices=["exp", "const"], default="exp")
+    ap.add_argument("--backend", choices=["service", "fake"], default="service")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--sampled-tokens", type=int, default=16, help="tokens the model samples per turn")
@@ -67,24 +169,45 @@ def main(argv: list[str] | None = None) -> int:
     model, renderer = build_byte_vlm(args.seed, init_range=0.02)
     colors = ["red", "green", "blue", "yellow", "purple", "orange", "gray", "white"]
     samples = [
-        Sample(f"p{i}", f"What is object {i}?", [Image.new("RGB", (56, 56), colors[i % 8])], Answers("x"))
+        Sample(
+            f"p{i}", f"What is object {i}?", [png(Image.new("RGB", (56, 56), colors[i % 8]))], Answers("x")
+        )
         for i in range(args.prompts)
     ]
-    delay = latency_fn(args.latency, args.dist, args.seed)
-    thumbs = [
-        Image.new("RGB", (56, 56), "black"),
-        "Title A\n",
-        Image.new("RGB", (56, 56), "white"),
-        "Title B\n",
-    ]
-    tools = {
-        "image_search": FakeTool(thumbs, delay_s=delay),
-        "text_search": FakeTool(["Summary: the object is x.\n"], delay_s=delay),
-    }
 
+    def latency(key: str) -> float:
+        return latency_of(key, args.latency, args.dist, args.seed)
+
+    with contextlib.ExitStack() as stack:
+        if args.backend == "service":
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            tools = stack.enter_context(service_tools(workdir, (args.latency, args.dist, args.seed)))
+        else:
+            thumbs = [
+                Image.new("RGB", (56, 56), "black"),
+                "Title A\n",
+                Image.new("RGB", (56, 56), "white"),
+                "B\n",
+            ]
+
+            def delay(arg: str | None, sample: Sample) -> float:
+                return latency(arg if arg is not None else "image:" + sample.id)
+
+            tools = {
+                "image_search": FakeTool(thumbs, delay_s=delay),
+                "text_search": FakeTool(["Summary: the object is x.\n"], delay_s=delay),
+            }
+        results = bench(args, model, renderer, samples, tools)
+    report(args, results)
+    return 0
+
+
+def bench(args: argparse.Namespace, model: Any, renderer: Any, samples: list[Sample], tools: Any) -> dict:
     def decide(req: GenerationRequest):
-        path = PATHS[int(req.key.rsplit("#", 1)[1]) % len(PATHS)]
-        return ("<reason>", "</reason>" + path[min(req.turn_index, len(path) - 1)])
+        sid, group = req.key.rsplit("#", 1)
+        path = PATHS[int(group) % len(PATHS)]
+        action = path[min(req.turn_index, len(path) - 1)].replace("QUERY", f"object {sid[1:]}")
+        return ("<reason>", "</reason>" + action)
 
     results = {}
     for schedule in ("async", "round_sync", "async"):  # async twice: the first run warms up
@@ -132,12 +255,22 @@ def main(argv: list[str] | None = None) -> int:
             "gen_total_s": sum(d for _, d in calls),
             "finish": sorted({tr.finish_reason for tr in trajs}),
             "n": len(trajs),
+            "tool_errors": sum(
+                1 for tr in trajs for tu in tr.turns if tu.tool is not None and not tu.tool.ok
+            ),
         }
+    return results
+
+
+def report(args: argparse.Namespace, results: dict) -> None:
     a, r = results["async"], results["round_sync"]
     print(
         f"trajectories: {a['n']} ({args.prompts} prompts x {args.n}); tool latency {args.dist} mean {args.latency}s"
     )
-    print("tools: in-process delayed fakes (no search service in this checkout)")
+    where = (
+        "real tools -> HTTP search service on 127.0.0.1" if args.backend == "service" else "in-process fakes"
+    )
+    print(f"tools: {where}; errors: async {a['tool_errors']}, round_sync {r['tool_errors']}")
     for name, x in (("async", a), ("round_sync", r)):
         print(
             f"{name:11s} {x['turns']} turns in {x['gen_calls']} generate calls, {x['gen_total_s']:.3f} s generating"
@@ -155,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                 "trajectories": a["n"],
                 "latency_mean_s": args.latency,
                 "latency_dist": args.dist,
-                "tools": "delayed in-process fakes",
+                "tools": args.backend,
+                "tool_errors": a["tool_errors"] + r["tool_errors"],
                 "async_wall_s": round(a["wall_s"], 4),
                 "critical_path_bound_s": round(a["bound_s"], 4),
                 "round_sync_wall_s": round(r["wall_s"], 4),

@@ -29,12 +29,9 @@ def setup():
 
 
 def positions(model, input_ids, grid):
-    """The position ids the trainer uses (the spine's compute_position_ids when present)."""
-    mm = (input_ids == model.config.image_token_id).int()
-    try:
-        from mmsearch_r1.model.positions import compute_position_ids
-    except ImportError:
-        return model.model.get_rope_index(input_ids, mm, image_grid_thw=grid)[0]
+    """The position ids the trainer uses: the spine's compute_position_ids (the model's own rope index)."""
+    from mmsearch_r1.model import compute_position_ids
+
     return compute_position_ids(model, input_ids, grid, torch.ones_like(input_ids))
 
 

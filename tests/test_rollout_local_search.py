@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mmsearch_r1.config import ProtocolConfig, RolloutConfig, SearchConfig
+from mmsearch_r1.model import compute_position_ids
 from mmsearch_r1.rollout.engine import ForcedActionEngine, GenerationRequest, SamplingParams
 from mmsearch_r1.rollout.hf_engine import HFEngine
 from mmsearch_r1.rollout.loop import run_rollouts
@@ -65,9 +66,15 @@ def tools(tmp_path_factory):
     return build_tools(cfg)
 
 
-@pytest.fixture(scope="module")
-def setup():
-    return build_byte_vlm(1)
+@pytest.fixture(scope="module", params=["tiny", "byte"])
+def setup(request, tmp_path_factory):
+    """The spine's tiny model (BPE tokenizer, `build_tiny_model`) and the byte-level test model."""
+    if request.param == "byte":
+        return build_byte_vlm(1)
+    from mmsearch_r1.model import build_tiny_model, load_model, load_processor
+
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+    return load_model(path), load_processor(path)
 
 
 def samples():
@@ -101,6 +108,7 @@ def test_real_rollouts_with_local_search(setup, tools):
     model, renderer = setup
     engine = ForcedActionEngine(HFEngine(model, renderer), decide, renderer.encode, renderer.special.im_end)
     rcfg = RolloutConfig(max_new_tokens_per_turn=96, max_response_tokens=3000, max_images=4)
+    checked = 0
     trajs = run_rollouts(
         samples(),
         engine=engine,
@@ -138,7 +146,7 @@ def test_real_rollouts_with_local_search(setup, tools):
         seq = torch.tensor([t.input_ids])
         pv, grid = renderer.encode_images(t.images)
         mm = (seq == model.config.image_token_id).int()
-        pos = model.model.get_rope_index(seq, mm, image_grid_thw=grid)[0]
+        pos = compute_position_ids(model, seq, grid, torch.ones_like(seq))
         with torch.no_grad():
             logits = model(
                 input_ids=seq, position_ids=pos, pixel_values=pv, image_grid_thw=grid, mm_token_type_ids=mm
@@ -148,3 +156,5 @@ def test_real_rollouts_with_local_search(setup, tools):
         for i, (m, s) in enumerate(zip(t.loss_mask, t.sampled_logprobs, strict=True)):
             if m:
                 assert abs(lp[p + i - 1, t.response_ids[i]].item() - s) < 1e-4
+                checked += i >= t.turns[0].obs_end > 0  # sampled after a tool turn with thumbnails
+    assert checked > 10
