@@ -185,3 +185,40 @@ def test_load_judge_config(tmp_path) -> None:
     p.write_text("base_url: http://127.0.0.1:9/v1\n")
     with pytest.raises(ValueError, match="model"):
         load_judge_config(p)
+
+
+def test_with_image_sends_a_data_url_part_and_keys_the_cache(tmp_path) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    from mmsearch_r1.types import ImageData
+
+    seen: list = []
+
+    def handler(req: Request) -> Reply:
+        content = json.loads(req.body)["messages"][0]["content"]
+        seen.append(content)
+        return Reply(json=_completion("Yes"))
+
+    def image(color: str) -> ImageData:
+        buf = io.BytesIO()
+        Image.new("RGB", (1000, 500), color).save(buf, format="PNG")
+        return ImageData(bytes=buf.getvalue())
+
+    with LoopbackServer(handler) as srv:
+        judge = _judge(srv, tmp_path, with_image=True, image_max_side=256)
+        assert judge.judge("q", ["a"], "a", image("red")).correct is True
+        assert judge.judge("q", ["a"], "a", image("red")).cached is True
+        assert judge.judge("q", ["a"], "a", image("blue")).cached is False
+        text_only = _judge(srv, tmp_path, with_image=False)
+        assert text_only.judge("q", ["a"], "a", image("green")).cached is False
+    assert len(seen) == 3
+    text_part, image_part = seen[0]
+    assert text_part["type"] == "text" and "Predicted answer: a" in text_part["text"]
+    url = image_part["image_url"]["url"]
+    assert image_part["type"] == "image_url" and url.startswith("data:image/jpeg;base64,")
+    sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert sent.size == (256, 128) and sent.getpixel((5, 5))[0] > 200
+    assert isinstance(seen[2], str)  # the text-only judge sends a plain string

@@ -106,7 +106,12 @@ def evaluate(
 
                 verdicts = judge.judge_many(
                     [
-                        (s.question, s.answers.all(), extract_final_answer(t.assistant_texts))
+                        (
+                            s.question,
+                            s.answers.all(),
+                            extract_final_answer(t.assistant_texts),
+                            s.images[0] if s.images else None,
+                        )
                         for s, t in zip(chunk, trajs, strict=True)
                     ]
                 )

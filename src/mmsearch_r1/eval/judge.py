@@ -14,14 +14,18 @@ Cache (`JudgeCache`, one SQLite file, its own table, WAL, one connection per thr
 (model, prompt version, question, gold answers, prediction), all stripped; only "yes"/"no" are stored. The
 prompt version is a hash of the template file, so editing the prompt invalidates old verdicts.
 
-Deviation from the paper: its judge (GPT-4o) also saw the question's image; ours sees the text only (question,
-gold answers, prediction), which is what the rules above compare, and keeps requests small and cacheable.
+The paper's judge (GPT-4o) also saw the question's image. With `with_image: true` ours does too (the image,
+downscaled to `image_max_side` and JPEG-encoded, is sent as an OpenAI `image_url` data-URL part after the text,
+and its pixel hash joins the cache key); by default it sees the text only (question, gold answers, prediction),
+which is what the rules compare, keeping requests small and usable with text-only judge models.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import re
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from mmsearch_r1.search.base import Counters, SearchError
+from mmsearch_r1.types import ImageData
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,10 @@ class JudgeConfig:
     max_workers: int = 8  # items judged at once
     max_tokens: int = 16
     cache_path: str | None = None  # SQLite file; None = no cache
+    with_image: bool = (
+        False  # also send the question's image (as the paper's judge saw it); vision models only
+    )
+    image_max_side: int = 512  # the image is downscaled to this longest side and sent as JPEG
     extra_body: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -66,6 +75,8 @@ class JudgeConfig:
             raise ValueError(f"judge config: max_attempts must be >= 1, got {self.max_attempts}")
         if self.max_workers < 1:
             raise ValueError(f"judge config: max_workers must be >= 1, got {self.max_workers}")
+        if self.image_max_side < 28:
+            raise ValueError(f"judge config: image_max_side must be >= 28, got {self.image_max_side}")
 
 
 def load_judge_config(path: str | Path) -> JudgeConfig:
@@ -216,22 +227,30 @@ class LLMJudge:
             prediction=prediction.strip(),
         ).strip()
 
-    def judge(self, question: str, golds: Sequence[str], prediction: str | None) -> Verdict:
-        """Judge one prediction against the gold answers (ground truth first). Never raises for the item."""
+    def judge(
+        self, question: str, golds: Sequence[str], prediction: str | None, image: ImageData | None = None
+    ) -> Verdict:
+        """Judge one prediction against the gold answers (ground truth first). Never raises for the item.
+
+        `image` (the question's image) is sent only when `cfg.with_image` is on."""
         golds = [g for g in golds if g and g.strip()]
         if not golds:
             raise ValueError("judge: no gold answers")
         if prediction is None or not prediction.strip():
             self.counters.incr("no_answer")
             return Verdict("no_answer", False)
-        key = JudgeCache.key(self.cfg.model, self.prompt_version, question, golds, prediction)
+        image = image if self.cfg.with_image else None
+        version = self.prompt_version + (f"+image:{image.content_hash()[:16]}" if image is not None else "")
+        key = JudgeCache.key(self.cfg.model, version, question, golds, prediction)
         if self.cache is not None:
             hit = self._cache_get(key)
             if hit is not None:
                 self.counters.incr("cache_hits")
                 self.counters.incr("yes" if hit[0] else "no")
                 return Verdict("yes" if hit[0] else "no", hit[0], hit[1], cached=True)
-        messages = [{"role": "user", "content": self.render(question, golds, prediction)}]
+        text = self.render(question, golds, prediction)
+        content: Any = text if image is None else [{"type": "text", "text": text}, self._image_part(image)]
+        messages = [{"role": "user", "content": content}]
         try:
             reply = self.guard.call(None, lambda: self.client.complete(messages))
         except SearchError as e:
@@ -249,12 +268,20 @@ class LLMJudge:
             self._cache_put(key, correct, reply.text)
         return Verdict("yes" if correct else "no", correct, reply.text)
 
-    def judge_many(self, items: Sequence[tuple[str, Sequence[str], str | None]]) -> list[Verdict]:
-        """Judge (question, golds, prediction) items, `max_workers` at a time; results in order."""
+    def judge_many(self, items: Sequence[tuple[Any, ...]]) -> list[Verdict]:
+        """Judge (question, golds, prediction[, image]) items, `max_workers` at a time; results in order."""
         if not items:
             return []
         with ThreadPoolExecutor(max_workers=self.cfg.max_workers, thread_name_prefix="judge") as pool:
             return list(pool.map(lambda it: self.judge(*it), items))
+
+    def _image_part(self, image: ImageData) -> dict[str, Any]:
+        img = image.load().copy()
+        img.thumbnail((self.cfg.image_max_side, self.cfg.image_max_side))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        return {"type": "image_url", "image_url": {"url": url}}
 
     def _cache_get(self, key: str) -> tuple[bool, str] | None:
         assert self.cache is not None
