@@ -222,3 +222,12 @@ def test_with_image_sends_a_data_url_part_and_keys_the_cache(tmp_path) -> None:
     sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert sent.size == (256, 128) and sent.getpixel((5, 5))[0] > 200
     assert isinstance(seen[2], str)  # the text-only judge sends a plain string
+
+
+def test_unreadable_image_falls_back_to_text(server, tmp_path) -> None:
+    from mmsearch_r1.types import ImageData
+
+    judge = _judge(server, tmp_path, with_image=True)
+    v = judge.judge("Which city?", ["Paris"], "Paris", ImageData(bytes=b"not an image"))
+    assert v.correct is True
+    assert isinstance(json.loads(server.requests[0].body)["messages"][0]["content"], str)

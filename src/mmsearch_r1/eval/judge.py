@@ -239,8 +239,14 @@ class LLMJudge:
         if prediction is None or not prediction.strip():
             self.counters.incr("no_answer")
             return Verdict("no_answer", False)
-        image = image if self.cfg.with_image else None
-        version = self.prompt_version + (f"+image:{image.content_hash()[:16]}" if image is not None else "")
+        version, part = self.prompt_version, None
+        if self.cfg.with_image and image is not None:
+            try:
+                part = self._image_part(image)
+                version += f"+image:{image.content_hash()[:16]}"
+            except (ValueError, OSError) as e:  # an unreadable image: judge on the text
+                log.warning("judge: cannot send the image (%s); judging on the text only", e)
+                part, version = None, self.prompt_version
         key = JudgeCache.key(self.cfg.model, version, question, golds, prediction)
         if self.cache is not None:
             hit = self._cache_get(key)
@@ -249,7 +255,7 @@ class LLMJudge:
                 self.counters.incr("yes" if hit[0] else "no")
                 return Verdict("yes" if hit[0] else "no", hit[0], hit[1], cached=True)
         text = self.render(question, golds, prediction)
-        content: Any = text if image is None else [{"type": "text", "text": text}, self._image_part(image)]
+        content: Any = text if part is None else [{"type": "text", "text": text}, part]
         messages = [{"role": "user", "content": content}]
         try:
             reply = self.guard.call(None, lambda: self.client.complete(messages))
