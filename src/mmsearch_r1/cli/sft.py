@@ -1,0 +1,47 @@
+"""`mmsearch-r1 sft CONFIG [a.b=c ...]`: supervised warm start on conversations (docs/sft.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _sft(args: argparse.Namespace) -> int:
+    from mmsearch_r1.config_io import load_config
+    from mmsearch_r1.rl.sft import run_sft
+
+    cfg = load_config(args.config, args.overrides)
+    bar = None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with transformers
+        tqdm = None
+
+    def progress(step: int, total: int, metrics: dict[str, float]) -> None:
+        nonlocal bar
+        if tqdm is None or args.no_progress:
+            return
+        if bar is None:
+            bar = tqdm(total=total, desc="sft", unit="step", file=sys.stderr)
+        bar.set_postfix(loss=f"{metrics['sft/loss']:.4f}", lr=f"{metrics['sft/lr']:.2e}")
+        bar.update(1)
+
+    try:
+        result = run_sft(cfg, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(
+        f"SFT: {result.steps} steps on {result.n_conversations} conversations, last loss {result.final_loss:.4f}"
+    )
+    print(f"metrics: {result.metrics_path}")
+    print(f"model:   {result.final_dir}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sft", help="supervised warm start on multi-turn conversations with images")
+    p.add_argument("config", nargs="?", default=None, help="YAML config (sft.*, model.*, optim.* sections)")
+    p.add_argument("overrides", nargs="*", help="a.b=c overrides, e.g. sft.max_steps=100")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_sft)
