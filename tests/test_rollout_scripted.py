@@ -290,3 +290,21 @@ def test_results_arriving_in_a_burst_share_one_batch():
     assert [len(c) for c in engine.calls] == [6, 6]  # the second turns of all six in one batch
     _, engine, _ = rollout(scripts, coalesce_s=0.0, **kw)
     assert len(engine.calls) > 2  # without coalescing the burst is split
+
+
+def test_prompt_set_from_a_directory(tmp_path):
+    from mmsearch_r1.rollout.prompts import PromptSet
+
+    for name in ("first_turn", "after_image_search", "after_text_search", "refusal"):
+        (tmp_path / f"{name}.j2").write_text(f"[{name}] {{{{ question }}}} {{{{ results }}}}")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        PromptSet(str(tmp_path / "nope"))
+    ps = PromptSet(str(tmp_path))
+    parts = ps.observation("image_search", ["t", png((28, 28))], ok=True, question="Q?", allowed=[], turns_left=1)
+    assert parts[0] == "[after_image_search] Q? t" and isinstance(parts[1], ImageData)
+    (tmp_path / "after_text_search.j2").write_text("no marker {{ question }}")
+    with pytest.raises(ValueError, match="results"):
+        PromptSet(str(tmp_path)).observation("text_search", ["x"], ok=True, question="Q", allowed=[], turns_left=1)
+    (tmp_path / "refusal.j2").unlink()
+    with pytest.raises(FileNotFoundError, match="refusal.j2"):
+        PromptSet(str(tmp_path))
