@@ -300,11 +300,15 @@ def test_prompt_set_from_a_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         PromptSet(str(tmp_path / "nope"))
     ps = PromptSet(str(tmp_path))
-    parts = ps.observation("image_search", ["t", png((28, 28))], ok=True, question="Q?", allowed=[], turns_left=1)
+    parts = ps.observation(
+        "image_search", ["t", png((28, 28))], ok=True, question="Q?", allowed=[], turns_left=1
+    )
     assert parts[0] == "[after_image_search] Q? t" and isinstance(parts[1], ImageData)
     (tmp_path / "after_text_search.j2").write_text("no marker {{ question }}")
     with pytest.raises(ValueError, match="results"):
-        PromptSet(str(tmp_path)).observation("text_search", ["x"], ok=True, question="Q", allowed=[], turns_left=1)
+        PromptSet(str(tmp_path)).observation(
+            "text_search", ["x"], ok=True, question="Q", allowed=[], turns_left=1
+        )
     (tmp_path / "refusal.j2").unlink()
     with pytest.raises(FileNotFoundError, match="refusal.j2"):
         PromptSet(str(tmp_path))
