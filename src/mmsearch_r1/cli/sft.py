@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _sft(args: argparse.Namespace) -> int:
     from mmsearch_r1.config_io import load_config
     from mmsearch_r1.rl.sft import run_sft
 
-    cfg = load_config(args.config, args.overrides)
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not Path(config).is_file():  # no config file, only overrides
+        config, overrides = None, [config, *overrides]
+    cfg = load_config(config, overrides)
     bar = None
     try:
         from tqdm import tqdm
@@ -41,7 +45,12 @@ def _sft(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sft", help="supervised warm start on multi-turn conversations with images")
-    p.add_argument("config", nargs="?", default=None, help="YAML config (sft.*, model.*, optim.* sections)")
+    p.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help="YAML config (sft.*, model.*, optim.* sections); may be left out when overrides say it all",
+    )
     p.add_argument("overrides", nargs="*", help="a.b=c overrides, e.g. sft.max_steps=100")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_sft)

@@ -13,7 +13,8 @@ Plots (each one PNG, matplotlib's Agg backend through its object API, so no glob
 - `search.png`: search ratios by type (`search/ratio_any`, `ratio_image_only`, `ratio_text_only`, `ratio_both`);
 - `validation.png`: `val/<source>/acc` per data source (one line each) and, in a second panel,
   `val/<source>/search_ratio` when logged;
-- `optimization.png`: losses (`actor/pg_loss`, `sft/loss`), `*/grad_norm` and `*/lr`.
+- `optimization.png`: losses (`sft/loss`, `actor/pg_loss`, `actor/kl`, `actor/entropy`), `*grad_norm` and `*/lr`
+  (a log scale when a positive panel spans more than a factor of 50).
 
 The markdown holds the plots, a table of headline metrics (first, last, best), the validation table by data source
 at the first and the last validation step, and the resolved config's path when the run saved one.
@@ -207,9 +208,12 @@ def _plot_optimization(s: Series, path: Path) -> Path | None:
     if not used:
         return None
     fig, axes = _new_figure(len(used))
-    for ax, (keys, _) in zip(axes, used, strict=True):
+    for ax, (keys, (title, _)) in zip(axes, used, strict=True):
         for k in keys:
             _line(ax, s[k], k)
+        values = [v for k in keys for _, v in s[k]]
+        if title != "Learning rate" and min(values) > 0 and max(values) / min(values) > 50:
+            ax.set_yscale("log")  # losses and norms spanning decades
     return _finish(fig, axes, path, [n[0] for _, n in used], [n[1] for _, n in used])
 
 
