@@ -38,6 +38,7 @@ _ALLOWED: dict[str, set[str]] = {
         "int",
         "float",
         "bool",
+        "object",  # copyreg._reconstructor(cls, object, state): protocol 0/1 pickles of PIL images
     },
     "collections": {"OrderedDict"},
     "_codecs": {"encode"},  # protocol-2 encoding of bytes
@@ -57,18 +58,30 @@ _ALLOWED: dict[str, set[str]] = {
 _ALLOWED_NUMPY_DTYPE_MODULES = ("numpy.dtypes",)
 
 
+def _py3_name(module: str, name: str) -> tuple[str, str]:
+    """Protocol 0-2 pickles name globals by their Python 2 names (`__builtin__`, `copy_reg`, `commands`...)."""
+    import _compat_pickle
+
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
 class UnsafePickleError(ValueError):
     """The pickle asked for a global outside the allow-list; nothing was called."""
 
 
 class SafeUnpickler(pickle.Unpickler):
+    """Unpickler whose `find_class` admits only the allow-listed globals (checked before anything is called)."""
+
     def find_class(self, module: str, name: str) -> Any:
-        if name in _ALLOWED.get(module, ()) or (
-            module in _ALLOWED_NUMPY_DTYPE_MODULES and name.endswith("DType")
+        checked, name = _py3_name(module, name)
+        if name in _ALLOWED.get(checked, ()) or (
+            checked in _ALLOWED_NUMPY_DTYPE_MODULES and name.endswith("DType")
         ):
-            return super().find_class(module, name)
+            return super().find_class(checked, name)
         raise UnsafePickleError(
-            f"refused to load global {module}.{name}: the image-cache converter admits only containers, "
+            f"refused to load global {checked}.{name}: the image-cache converter admits only containers, "
             "strings, numbers, bytes, PIL images and numpy arrays"
         )
 
