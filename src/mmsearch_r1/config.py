@@ -112,6 +112,7 @@ class OptimConfig:
     lr: float = 2e-6
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8  # AdamW epsilon
     schedule: str = "constant"  # constant | cosine | sigmoid
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0

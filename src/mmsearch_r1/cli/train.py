@@ -1,0 +1,56 @@
+"""`mmsearch-r1 train CONFIG [a.b=c ...] [--resume]`: GRPO training (docs/training.md).
+
+Multi-process: `torchrun --nproc_per_node N -m mmsearch_r1.cli train CONFIG ...` (any torchrun flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mmsearch_r1.config_io import load_config
+    from mmsearch_r1.rl.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    main = int(os.environ.get("RANK", "0")) == 0
+    bar = None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with transformers
+        tqdm = None
+
+    def progress(step: int, total: int, metrics: dict[str, float]) -> None:
+        nonlocal bar
+        if tqdm is None or args.no_progress or not main:
+            return
+        if bar is None:
+            bar = tqdm(total=total, initial=step - 1, desc="train", unit="step", file=sys.stderr)
+        bar.set_postfix(
+            reward=f"{metrics.get('reward/mean', 0.0):.3f}",
+            search=f"{metrics.get('search/ratio_any', 0.0):.2f}",
+            lr=f"{metrics.get('actor/lr', 0.0):.1e}",
+        )
+        bar.update(1)
+
+    try:
+        result = train(cfg, resume=args.resume, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if main:
+        print(f"trained {result.steps} steps; metrics: {result.metrics_path}")
+        if result.final_dir is not None:
+            print(f"final policy: {result.final_dir}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="GRPO training with search tools (torchrun for several processes)")
+    p.add_argument("config", nargs="?", default=None, help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="a.b=c overrides, e.g. trainer.total_steps=10")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in trainer.run_dir")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)

@@ -1,0 +1,144 @@
+"""Training metrics: per-trajectory rows -> namespaced step metrics, and the loggers that write them.
+
+`trajectory_row(traj, reward, sample)` reduces one trajectory to plain floats; `rollout_metrics(rows)` turns the
+rows of a step (all ranks' rows, gathered) into the documented keys (docs/training.md):
+
+- `reward/{mean,acc,format,penalty}`: means of the reward total and its components over trajectories;
+- `acc/<data_source>`: answer accuracy per data source;
+- `search/{ratio_any,ratio_image_only,ratio_text_only,ratio_both,per_traj}`: share of trajectories that made
+  any / only image / only text / both kinds of search; searches per trajectory;
+- `tool/{error_ratio_image,error_ratio_text}`: failed calls / calls of each tool (0 without calls);
+- `rollout/{turns_mean,assistant_tokens_mean,response_tokens_mean,finish_<reason>}`: turns, sampled
+  (mask-1) tokens and all response tokens per trajectory, share of each finish reason.
+
+`MetricLogger` writes one JSON line per step to `RUN_DIR/metrics.jsonl` (always), and to TensorBoard
+(`trainer.log_tensorboard`) and wandb (`trainer.log_wandb`, imported lazily; a missing wandb is an error that
+says so) when asked. Only rank 0 creates a logger.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mmsearch_r1.rollout.trajectory import FINISH_REASONS
+
+log = logging.getLogger(__name__)
+
+
+def trajectory_row(traj: Any, reward: Any, data_source: str) -> dict[str, Any]:
+    """Plain-float summary of one trajectory and its `RewardOutput` (picklable; gathered across ranks)."""
+    calls = [t.tool for t in traj.turns if t.tool is not None]
+    img = [c for c in calls if c.name == "image_search"]
+    txt = [c for c in calls if c.name == "text_search"]
+    return {
+        "source": data_source,
+        "reward": float(reward.total),
+        "acc": float(reward.components.get("acc", 0.0)),
+        "format": float(reward.components.get("format", 0.0)),
+        "penalty": float(reward.components.get("penalty", 1.0)),
+        "n_image": len(img),
+        "n_text": len(txt),
+        "err_image": sum(1 for c in img if not c.ok),
+        "err_text": sum(1 for c in txt if not c.ok),
+        "turns": len(traj.turns),
+        "assistant_tokens": int(sum(traj.loss_mask)),
+        "response_tokens": len(traj.response_ids),
+        "finish": traj.finish_reason or "error",
+    }
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else 0.0
+
+
+def rollout_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Step metrics from trajectory rows (see the module docstring for the keys)."""
+    n = len(rows)
+    out: dict[str, float] = {
+        "reward/mean": _mean([r["reward"] for r in rows]),
+        "reward/acc": _mean([r["acc"] for r in rows]),
+        "reward/format": _mean([r["format"] for r in rows]),
+        "reward/penalty": _mean([r["penalty"] for r in rows]),
+    }
+    by_source: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        by_source[r["source"]].append(r["acc"])
+    for src, accs in sorted(by_source.items()):
+        out[f"acc/{src}"] = _mean(accs)
+    img = [r["n_image"] > 0 for r in rows]
+    txt = [r["n_text"] > 0 for r in rows]
+    out["search/ratio_any"] = _mean([float(a or b) for a, b in zip(img, txt, strict=True)])
+    out["search/ratio_image_only"] = _mean([float(a and not b) for a, b in zip(img, txt, strict=True)])
+    out["search/ratio_text_only"] = _mean([float(b and not a) for a, b in zip(img, txt, strict=True)])
+    out["search/ratio_both"] = _mean([float(a and b) for a, b in zip(img, txt, strict=True)])
+    out["search/per_traj"] = _mean([float(r["n_image"] + r["n_text"]) for r in rows])
+    calls_i, calls_t = sum(r["n_image"] for r in rows), sum(r["n_text"] for r in rows)
+    out["tool/error_ratio_image"] = sum(r["err_image"] for r in rows) / calls_i if calls_i else 0.0
+    out["tool/error_ratio_text"] = sum(r["err_text"] for r in rows) / calls_t if calls_t else 0.0
+    out["rollout/turns_mean"] = _mean([float(r["turns"]) for r in rows])
+    out["rollout/assistant_tokens_mean"] = _mean([float(r["assistant_tokens"]) for r in rows])
+    out["rollout/response_tokens_mean"] = _mean([float(r["response_tokens"]) for r in rows])
+    for reason in FINISH_REASONS:
+        out[f"rollout/finish_{reason}"] = sum(1 for r in rows if r["finish"] == reason) / n if n else 0.0
+    out["rollout/n_trajectories"] = float(n)
+    return out
+
+
+class MetricLogger:
+    """JSONL always; TensorBoard and wandb on request. `log(step, metrics)`; `close()` at the end."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        tensorboard: bool = False,
+        wandb: bool = False,
+        wandb_project: str = "mmsearch-r1",
+        config: Mapping[str, Any] | None = None,
+        append: bool = False,
+    ) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not append:
+            self.path.write_text("")
+        self.tb = None
+        self.wandb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        if wandb:
+            try:
+                import wandb as wandb_mod
+            except ImportError as e:
+                raise ValueError("trainer.log_wandb=true but wandb is not installed (pip install wandb)") from e
+            self.wandb = wandb_mod.init(
+                project=wandb_project, dir=str(run_dir), config=dict(config or {}), resume="allow"
+            )
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, float(v), step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(dict(metrics), step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl file."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

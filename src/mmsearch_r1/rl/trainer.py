@@ -1,0 +1,362 @@
+"""The GRPO trainer loop (`mmsearch-r1 train`): rollout -> reward -> advantages -> update -> log, in `train`.
+
+One training step (`trainer.prompts_per_step` prompts, `rollout.n` rollouts each; every rank takes its
+contiguous share of the step's prompts):
+
+1. Rollout: the agent loop (`rollout.AgentLoop`) with the HF engine on an unsharded copy of the policy (the
+   policy itself when there is one process). Sampling is seeded per (trainer.seed, step, round) and, inside the
+   engine, per trajectory and turn, so a step's rollouts depend only on the weights, the data position and the
+   seed: this is what makes `--resume` exact.
+2. Reward: `reward.compute_reward` on the assistant turns, with the training step for the search-penalty warm-up.
+3. Advantages: `rl.grpo.group_advantages` over each prompt's n rollouts.
+4. Dynamic sampling (`grpo.dynamic_sampling`): groups whose rewards are all equal are dropped and more prompts are
+   rolled out until every rank has its share of informative groups, at most `grpo.dynamic_sampling_max_rounds`
+   rounds; the step then trains on what it has (possibly fewer groups).
+5. Old log-probs: recomputed by the trainer with the same forward as the update (`rl.batch.PolicyForward`, the
+   sampling temperature); the gap to the engine's recorded log-probs is logged as `rollout/logprob_diff_max`.
+6. Reference log-probs: only when `grpo.kl_coef > 0` (the reference model is never built otherwise); it is an
+   unsharded frozen copy of the starting weights on every rank.
+7. Update: `trainer.prompts_per_step / trainer.mini_batch_prompts` optimizer steps per epoch (`grpo.ppo_epochs`),
+   each over micro-batches of `trainer.micro_batch_size` trajectories with gradient accumulation; the loss of
+   each micro-batch is normalized by the whole mini-batch's count over all ranks (`agg_normalizer`) and multiplied
+   by the world size (FSDP averages gradients), so the update does not depend on the split. Gradient clipping
+   (`optim.grad_clip`), AdamW, then the lr scheduler steps once per training step (as the released script did;
+   `optim.sigmoid_center` counts training steps).
+8. Log: metrics (rl/metrics.py; JSONL always), traces of `trainer.traces_per_step` trajectories, validation
+   (greedy, one response per question, split by data source) before training and every `trainer.val_every`
+   steps, checkpoints every `trainer.save_every` steps and at the end, and the final policy exported as a plain
+   HF directory `RUN_DIR/final`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmsearch_r1.config import Config
+from mmsearch_r1.config_io import config_to_dict, save_config
+from mmsearch_r1.rl import checkpoint as ckpt
+from mmsearch_r1.rl import distributed as D
+from mmsearch_r1.rl.batch import PolicyForward, collate
+from mmsearch_r1.rl.grpo import agg_normalizer, filter_groups_dynamic, group_advantages, grpo_loss
+from mmsearch_r1.rl.metrics import MetricLogger, read_metrics, rollout_metrics, trajectory_row
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, dict[str, float]], None]
+EngineHook = Callable[[Any, Any], Any]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_dir: Path | None
+    metrics_path: Path
+
+
+def check_train_config(cfg: Config, world_size: int = 1) -> None:
+    """ValueError naming each setting the trainer cannot run with."""
+    t, errs = cfg.trainer, []
+    if not cfg.model.path:
+        errs.append("model.path is empty: give the directory of the policy model")
+    if not cfg.data.train_files:
+        errs.append("data.train_files is empty: give at least one parquet file")
+    if t.prompts_per_step % world_size or t.mini_batch_prompts % world_size:
+        errs.append(
+            f"trainer.prompts_per_step={t.prompts_per_step} and trainer.mini_batch_prompts="
+            f"{t.mini_batch_prompts} must be divisible by the number of processes ({world_size})"
+        )
+    if errs:
+        raise ValueError("invalid training config:\n  " + "\n  ".join(errs))
+
+
+def index_stream(n: int, seed: int, shuffle: bool, start: int = 0) -> Iterator[int]:
+    """Dataset indices from position `start` on: epoch e is a permutation of range(n) seeded by (seed, e)."""
+    pos = start
+    while True:
+        epoch, k = divmod(pos, n)
+        order = list(range(n))
+        if shuffle:
+            random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        yield from order[k:]
+        pos = (epoch + 1) * n
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _micro_batches(trajs: list[Any], adv: list[float], size: int) -> list[tuple[list[Any], list[float]]]:
+    return [(trajs[i : i + size], adv[i : i + size]) for i in range(0, len(trajs), size)]
+
+
+def _score(trajs, samples_by_id, cfg: Config, step: int) -> list[Any]:
+    from mmsearch_r1.reward import compute_reward
+
+    return [
+        compute_reward(t.assistant_texts, samples_by_id[t.sample_id].answers, cfg.reward, cfg.protocol, step)
+        for t in trajs
+    ]
+
+
+def validate(cfg: Config, loop_factory, val_samples, info: D.DistInfo, run: Path, step: int) -> dict[str, float]:
+    """Greedy, one response per question, this rank's share; summary over all ranks (eval.summary)."""
+    from mmsearch_r1.eval.summary import flat_metrics, sample_record, summarize
+    from mmsearch_r1.rollout.loop import sampling_params
+
+    share = val_samples[info.rank :: info.world_size]
+    loop = loop_factory(sampling_params(cfg.rollout, greedy=True, seed=0))
+    trajs = loop.run(share, 1) if share else []
+    rewards = _score(trajs, {s.id: s for s in share}, cfg, step)
+    by_id = {s.id: s for s in share}
+    records = [sample_record(by_id[t.sample_id], t, r) for t, r in zip(trajs, rewards, strict=True)]
+    records = [r for part in D.all_gather_objects(records, info) for r in part]
+    summary = summarize(records, step=step)
+    if info.is_main:
+        (run / "val").mkdir(parents=True, exist_ok=True)
+        (run / "val" / f"step_{step:04d}.json").write_text(json.dumps(summary, indent=1))
+    return flat_metrics(summary, prefix="val")
+
+
+def train(
+    cfg: Config,
+    *,
+    resume: bool = False,
+    progress: Progress | None = None,
+    engine_hook: EngineHook | None = None,
+) -> TrainResult:
+    """Run GRPO as configured (module docstring). `engine_hook(engine, renderer) -> engine` may wrap the HF
+    engine (tests force protocol tags around sampled tokens with `rollout.ForcedActionEngine`)."""
+    from mmsearch_r1.data.reader import read_many
+    from mmsearch_r1.model import load_model, load_processor
+    from mmsearch_r1.rl.schedules import build_scheduler
+    from mmsearch_r1.rollout.hf_engine import HFEngine
+    from mmsearch_r1.rollout.loop import AgentLoop, sampling_params
+    from mmsearch_r1.tools import build_tools
+
+    info = D.init_distributed()
+    check_train_config(cfg, info.world_size)
+    t_cfg, g_cfg, r_cfg = cfg.trainer, cfg.grpo, cfg.rollout
+    seed_all(t_cfg.seed + info.rank)
+    run = Path(t_cfg.run_dir)
+    if info.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
+
+    # ==================================================================== models, data, tools, optimizer
+    renderer = load_processor(cfg.model.path)
+
+    def load() -> Any:
+        return load_model(cfg.model.path, cfg.model.dtype, str(info.device), cfg.model.attn_implementation)
+
+    model = load()
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    gen_model = load() if info.enabled else model  # FSDP shards the policy: generate on a full copy
+    lp_temp = sampling_params(r_cfg).logprob_temperature
+    ref = None
+    if g_cfg.kl_coef > 0:
+        ref = PolicyForward(load().requires_grad_(False), g_cfg.logprob_chunk_tokens, lp_temp)
+    policy = D.shard_policy(PolicyForward(model, g_cfg.logprob_chunk_tokens, lp_temp), info)
+    samples = read_many(cfg.data.train_files, skip_bad_rows=cfg.data.skip_bad_rows).samples
+    val_samples = read_many(cfg.data.val_files).samples if cfg.data.val_files else []
+    if not samples:
+        raise ValueError(f"no training samples in {cfg.data.train_files}")
+    by_id = {s.id: s for s in samples}
+    tools = build_tools(cfg.search)
+    engine = HFEngine(gen_model, renderer)
+    if engine_hook is not None:
+        engine = engine_hook(engine, renderer)
+
+    def loop_factory(params):
+        return AgentLoop(
+            engine=engine, renderer=renderer, tools=tools, protocol=cfg.protocol, rollout=r_cfg, params=params
+        )
+
+    params = [p for p in policy.parameters() if p.requires_grad]
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
+    scheduler = build_scheduler(optimizer, o, t_cfg.total_steps)
+    start, data_pos = 0, 0
+    if resume:
+        last = ckpt.latest_checkpoint(run)
+        if last is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {run / 'checkpoints'}")
+        state = ckpt.load_checkpoint(last, policy=policy, optimizer=optimizer, scheduler=scheduler, info=info)
+        start, data_pos = state["step"], state["data_position"]
+        if info.enabled:
+            gen_model.load_state_dict(ckpt.full_model_state(policy, info), strict=False)
+    logger = None
+    if info.is_main:
+        old = read_metrics(run / "metrics.jsonl") if resume and (run / "metrics.jsonl").is_file() else []
+        logger = MetricLogger(run, tensorboard=t_cfg.log_tensorboard, wandb=t_cfg.log_wandb,
+                              wandb_project=t_cfg.wandb_project, config=config_to_dict(cfg))
+        for row in old:
+            if row["step"] <= start:
+                logger.log(row.pop("step"), row)
+    if val_samples and t_cfg.val_before_train and start == 0:
+        m = validate(cfg, loop_factory, val_samples, info, run, 0)
+        if logger:
+            logger.log(0, m)
+
+    W, n, share = info.world_size, r_cfg.n, t_cfg.prompts_per_step // info.world_size
+    n_mini = t_cfg.prompts_per_step // t_cfg.mini_batch_prompts
+    for step in range(start, t_cfg.total_steps):
+        t_step = time.perf_counter()
+        metrics: dict[str, float] = {}
+        # ================================================================ rollout (+ dynamic sampling)
+        t0 = time.perf_counter()
+        stream = index_stream(len(samples), t_cfg.seed, cfg.data.shuffle, data_pos)
+        kept, kept_rewards, rows, rounds = [], [], [], 0
+        while True:
+            picked = [samples[next(stream)] for _ in range(t_cfg.prompts_per_step)]
+            data_pos += t_cfg.prompts_per_step
+            mine = picked[info.rank * share : (info.rank + 1) * share]
+            seed = t_cfg.seed * 1_000_003 + step * 1_009 + rounds
+            trajs = loop_factory(sampling_params(r_cfg, seed=seed)).run(mine, n)
+            # ============================================================ reward
+            rewards = _score(trajs, by_id, cfg, step)
+            rows += [trajectory_row(t, r, by_id[t.sample_id].data_source) for t, r in zip(trajs, rewards, strict=True)]
+            totals = torch.tensor([r.total for r in rewards])
+            keep = filter_groups_dynamic(totals, n) if g_cfg.dynamic_sampling else torch.ones(len(trajs), dtype=torch.bool)
+            kept += [t for t, k in zip(trajs, keep.tolist(), strict=True) if k]
+            kept_rewards += [r.total for r, k in zip(rewards, keep.tolist(), strict=True) if k]
+            rounds += 1
+            missing = max(0, share - len(kept) // n)
+            if not g_cfg.dynamic_sampling or rounds >= g_cfg.dynamic_sampling_max_rounds:
+                break
+            if D.all_reduce_sums([float(missing)], info)[0] == 0:
+                break
+        kept, kept_rewards = kept[: share * n], kept_rewards[: share * n]
+        metrics["perf/time_rollout_s"] = time.perf_counter() - t0
+        # ================================================================ advantages
+        adv = group_advantages(torch.tensor(kept_rewards, dtype=torch.float32), n, g_cfg.adv_estimator, g_cfg.adv_eps)
+        usable = [(t, a) for t, a in zip(kept, adv.tolist(), strict=True) if t.prompt_ids]
+        groups_per_mini = -(-len(usable) // max(1, n_mini))  # ceil: trajectories per mini-batch on this rank
+        minis = [usable[i * groups_per_mini : (i + 1) * groups_per_mini] for i in range(n_mini)]
+        plan = [_micro_batches([t for t, _ in mb], [a for _, a in mb], t_cfg.micro_batch_size) for mb in minis]
+        n_micro = [D.all_reduce_max(len(p), info) for p in plan]
+        if any(k == 0 for k in n_micro):
+            raise RuntimeError(f"step {step + 1}: a mini-batch has no trajectory on any rank")
+        batches = [[collate(tr, renderer, info.device, a) for tr, a in p] for p in plan]
+
+        def micro(i: int, k: int) -> tuple[dict[str, Any], float]:
+            """Micro-batch k of mini-batch i, or (when this rank has fewer) a zero-weight stand-in."""
+            bs = batches[i] or [b for mb in batches for b in mb][:1]
+            return (bs[k], 1.0) if k < len(batches[i]) else (bs[-1], 0.0)
+
+        # ================================================================ old (and reference) log-probs
+        t0 = time.perf_counter()
+        old_lp, ref_lp, diff = {}, {}, 0.0
+        with torch.no_grad():
+            for i, k_max in enumerate(n_micro):
+                for k in range(k_max):
+                    b, w = micro(i, k)
+                    lp, _ = policy(b)
+                    if w:
+                        old_lp[(i, k)] = lp.detach()
+                        diff = max(diff, float(((lp - b["engine_logp"]).abs() * b["mask"]).max()))
+                        if ref is not None:
+                            ref_lp[(i, k)] = ref(b)[0].detach()
+        metrics["perf/time_logprob_s"] = time.perf_counter() - t0
+        metrics["rollout/logprob_diff_max"] = max(D.all_gather_objects(diff, info))
+        # ================================================================ mini-batch updates
+        t0 = time.perf_counter()
+        sums = {"pg_loss": 0.0, "kl": 0.0, "entropy": 0.0, "clipfrac_low": 0.0, "clipfrac_high": 0.0, "tokens": 0.0}
+        grad_norms = []
+        for _epoch in range(g_cfg.ppo_epochs):
+            for i, k_max in enumerate(n_micro):
+                local = sum(agg_normalizer(b["mask"], g_cfg.loss_agg) for b in batches[i])
+                normalizer = D.all_reduce_sums([local], info)[0]
+                optimizer.zero_grad(set_to_none=True)
+                for k in range(k_max):
+                    b, w = micro(i, k)
+                    logp, ent = policy(b, with_entropy=True)
+                    key = (i, k) if w else None
+                    old = old_lp[key] if key else logp.detach()
+                    loss, st = grpo_loss(
+                        logp, old, b["advantages"], b["mask"],
+                        ref_logp=ref_lp.get(key, logp.detach()) if ref is not None else None,
+                        entropy=ent, clip_low=g_cfg.clip_low, clip_high=g_cfg.clip_high, kl_coef=g_cfg.kl_coef,
+                        kl_kind=g_cfg.kl_kind, entropy_coef=g_cfg.entropy_coef, agg=g_cfg.loss_agg,
+                        normalizer=normalizer,
+                    )
+                    (loss * (W * w)).backward()
+                    tok = float(b["mask"].sum()) * w
+                    for name in ("pg_loss", "kl", "entropy"):
+                        sums[name] += float(st.get(name, 0.0)) * w
+                    sums["clipfrac_low"] += float(st["clipfrac_low"]) * tok
+                    sums["clipfrac_high"] += float(st["clipfrac_high"]) * tok
+                    sums["tokens"] += tok
+                clip = o.grad_clip if o.grad_clip > 0 else float("inf")
+                gn = torch.nn.utils.clip_grad_norm_(params, clip)
+                gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
+                grad_norms.append(float(gn))
+                optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        if info.enabled:  # the rollout copy gets the new weights
+            gen_model.load_state_dict(ckpt.full_model_state(policy, info), strict=False)
+        metrics["perf/time_update_s"] = time.perf_counter() - t0
+        # ================================================================ log
+        names = list(sums)
+        red = dict(zip(names, D.all_reduce_sums([sums[k] for k in names], info), strict=True))
+        updates = max(1, g_cfg.ppo_epochs * n_mini)
+        metrics.update({
+            "actor/pg_loss": red["pg_loss"] / updates,
+            "actor/kl": red["kl"] / updates,
+            "actor/entropy": red["entropy"] / updates,
+            "actor/clip_frac_low": red["clipfrac_low"] / max(1.0, red["tokens"]),
+            "actor/clip_frac_high": red["clipfrac_high"] / max(1.0, red["tokens"]),
+            "actor/grad_norm": sum(grad_norms) / len(grad_norms),
+            "actor/lr": lr,
+        })
+        all_rows = [r for part in D.all_gather_objects(rows, info) for r in part]
+        metrics.update(rollout_metrics(all_rows))
+        metrics["rollout/dynamic_rounds"] = float(rounds)
+        metrics["rollout/trained_trajectories"] = D.all_reduce_sums([float(len(usable))], info)[0]
+        seq_tokens = D.all_reduce_sums([float(sum(len(t.input_ids) for t, _ in usable))], info)[0]
+        metrics["perf/time_step_s"] = time.perf_counter() - t_step
+        metrics["perf/tokens_per_s"] = seq_tokens / max(1e-9, metrics["perf/time_step_s"])
+        done = step + 1
+        if info.is_main and t_cfg.traces_per_step > 0:
+            (run / "traces").mkdir(exist_ok=True)
+            with open(run / "traces" / f"step_{done:04d}.jsonl", "w", encoding="utf-8") as fh:
+                for t, r in list(zip(trajs, rewards, strict=True))[: t_cfg.traces_per_step]:
+                    fh.write(json.dumps({**t.to_json(renderer.decode), "reward": r.to_dict()}, ensure_ascii=False) + "\n")
+        if val_samples and t_cfg.val_every > 0 and done % t_cfg.val_every == 0:
+            metrics.update(validate(cfg, loop_factory, val_samples, info, run, done))
+        if logger:
+            logger.log(done, metrics)
+        if progress is not None:
+            progress(done, t_cfg.total_steps, metrics)
+        if (t_cfg.save_every > 0 and done % t_cfg.save_every == 0) or done == t_cfg.total_steps:
+            ckpt.save_checkpoint(
+                run, done, policy=policy, hf_model=gen_model, renderer=renderer, optimizer=optimizer,
+                scheduler=scheduler, trainer_state={"data_position": data_pos}, keep_last=t_cfg.keep_last,
+                info=info,
+            )
+
+    # ==================================================================== export
+    final = None
+    if t_cfg.total_steps > start or resume:
+        sd = ckpt.full_model_state(policy, info) if info.enabled else None
+        if info.is_main:
+            final = ckpt.save_hf(gen_model, renderer, run / "final", state_dict=sd)
+    D.barrier(info)
+    if logger:
+        logger.close()
+    return TrainResult(run, t_cfg.total_steps, final, run / "metrics.jsonl")
