@@ -15,7 +15,8 @@ from mmsearch_r1.config_io import load_config
 from mmsearch_r1.data.errors import DataError
 from mmsearch_r1.model import load_model, load_processor
 from mmsearch_r1.protocol import parse_turn
-from mmsearch_r1.rl.sft import check_sft_config, collate, sequence_logprobs
+from mmsearch_r1.rl.batch import PolicyForward
+from mmsearch_r1.rl.sft import check_sft_config, collate, masked_nll_sum
 from mmsearch_r1.rl.sft_data import (
     build_conversation,
     read_conversations,
@@ -261,17 +262,70 @@ def test_config_errors_name_the_key() -> None:
 # Padding invariance and a real run
 # ----------------------------------------------------------------------------------------------------------
 def test_right_padded_batch_gives_each_row_its_own_logprobs(tiny_model_dir, renderer) -> None:
-    model = load_model(tiny_model_dir)
+    policy = PolicyForward(load_model(tiny_model_dir))
     items = [tokenize_conversation(c, renderer, 10**5) for c in conversations(ProtocolConfig())[:3]]
     assert len({len(it.input_ids) for it in items}) == 3  # different lengths: real padding
     with torch.no_grad():
-        together = sequence_logprobs(model, collate(items, renderer, "cpu"))
+        together = collate(items, renderer, "cpu")
+        logp, _ = policy(together)
+        nll, count = masked_nll_sum(policy, together)
+        assert count == sum(sum(it.loss_mask) for it in items)
+        total = 0.0
         for b, it in enumerate(items):
-            alone = sequence_logprobs(model, collate([it], renderer, "cpu"))[0]
-            n = len(it.input_ids)
-            assert torch.allclose(together[b, :n], alone, atol=1e-5)
-            assert int((alone != 0).sum()) == sum(it.loss_mask[1:])  # exactly the trained tokens count
-            assert torch.all(together[b, n:] == 0)
+            alone, _ = policy(collate([it], renderer, "cpu"))
+            r = alone.shape[1]
+            assert torch.allclose(logp[b, :r], alone[0], atol=1e-5)
+            assert int((alone != 0).sum()) == sum(it.loss_mask)  # exactly the trained tokens carry a log-prob
+            total += float(-alone.sum())
+        assert float(nll) == pytest.approx(total, rel=1e-5)
+
+
+def _small_sft_args(tmp: Path, tiny_model_dir: Path, steps: int) -> list[str]:
+    convs = conversations(ProtocolConfig())[:2]
+    write_conversations(tmp / "c.jsonl", convs)
+    return [
+        f"model.path={tiny_model_dir}",
+        f"sft.train_files=[{tmp / 'c.jsonl'}]",
+        f"sft.run_dir={tmp / 'run'}",
+        f"sft.max_steps={steps}",
+        "sft.batch_size=3",  # not a divisor of the data: the stream crosses epochs mid-step
+        "sft.micro_batch_size=2",
+        "sft.lr=1e-3",
+        "sft.save_every=2",
+        "optim.schedule=cosine",
+    ]
+
+
+def test_resume_gives_the_uninterrupted_run(tmp_path: Path, tiny_model_dir) -> None:
+    from safetensors.torch import load_file
+
+    from mmsearch_r1.cli import main
+    from mmsearch_r1.rl.sft import run_sft
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert main(["sft", "--no-progress", *_small_sft_args(tmp_path / "a", tiny_model_dir, 4)]) == 0
+
+    def crash(step: int, total: int, metrics: dict) -> None:
+        if step == 3:  # killed during step 3, after the checkpoint of step 2
+            raise KeyboardInterrupt
+
+    cfg_b = load_config(None, _small_sft_args(tmp_path / "b", tiny_model_dir, 4))
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(cfg_b, progress=crash)
+    assert (
+        main(["sft", "--no-progress", "--resume", *_small_sft_args(tmp_path / "b", tiny_model_dir, 4)]) == 0
+    )
+    a = load_file(str(tmp_path / "a" / "run" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "run" / "final" / "model.safetensors"))
+    start = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(not torch.equal(a[k], start[k]) for k in a)  # every parameter was trained
+    rows_a = [json.loads(ln) for ln in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(ln) for ln in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows_b] == [1, 2, 3, 4]
+    assert [r["sft/loss"] for r in rows_a] == [r["sft/loss"] for r in rows_b]
 
 
 @pytest.fixture(scope="module")

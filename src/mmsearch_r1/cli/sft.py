@@ -31,7 +31,7 @@ def _sft(args: argparse.Namespace) -> int:
         bar.update(1)
 
     try:
-        result = run_sft(cfg, progress=progress)
+        result = run_sft(cfg, progress=progress, resume=args.resume)
     finally:
         if bar is not None:
             bar.close()
@@ -52,5 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="YAML config (sft.*, model.*, optim.* sections); may be left out when overrides say it all",
     )
     p.add_argument("overrides", nargs="*", help="a.b=c overrides, e.g. sft.max_steps=100")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in sft.run_dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_sft)

@@ -6,30 +6,29 @@ Objective: the mean negative log-likelihood of the assistant tokens of a step's 
 
 with the RL loss mask (`sft_data.tokenize_conversation`: assistant tokens and each turn's closing `<|im_end|>`;
 prompt, tool and image tokens masked). The normalizer is the step's token count, so the loss and gradient do not
-depend on how the step is split into micro-batches. Log-probs come the trainer's way: one full-sequence forward
-with mRoPE position ids from `compute_position_ids` (images anywhere), hidden states -> `token_logprobs`
-(chunked, no full-vocabulary logits kept).
+depend on how the step is split into micro-batches. Log-probs come through the GRPO trainer's own path: each
+conversation becomes a `Trajectory` (prompt = the tokens before the first trained one), batched by
+`rl.batch.collate` and scored by `rl.batch.PolicyForward` (one full-sequence forward, mRoPE position ids from
+`compute_position_ids`, images anywhere, chunked `token_logprobs` without full-vocabulary logits).
 
 Batching: `sft.batch_size` conversations per optimizer step (an endless stream of per-epoch permutations seeded by
-`trainer.seed`; `sft.max_steps` or `sft.epochs` decides the length), `sft.micro_batch_size` per forward, right
+`trainer.seed`; `sft.max_steps` or `sft.epochs` decides the length; single process, on CUDA when available), `sft.micro_batch_size` per forward, right
 padded to the longest in the micro-batch. Sequences are not packed (several conversations in one row would need a
 block-diagonal attention mask and per-segment rope indices). AdamW with `sft.lr` and `optim.*` (betas, weight
 decay, lr schedule, warm-up, gradient clipping).
 
 Run directory (`sft.run_dir`): `config.yaml`, `metrics.jsonl` (one line per logged step: `sft/loss`,
 `sft/tokens`, `sft/seq_tokens`, `sft/lr`, `sft/grad_norm`, `sft/epoch`, `perf/time_step_s`, `perf/tokens_per_s`),
-`checkpoints/step_NNNNNN/` (model, optimizer, scheduler, RNG and data position; the last `trainer.keep_last`
-kept) and the final model as a Hugging Face directory with its processor files (`sft.export_dir`, default
+`checkpoints/step_NNNNNN/` (`rl.checkpoint.save_checkpoint`: model as an HF directory, optimizer, scheduler,
+RNG and data position; the last `trainer.keep_last` kept; `resume=True` continues exactly) and the final model as a Hugging Face directory with its processor files (`sft.export_dir`, default
 `RUN_DIR/final`), loadable with `load_model` / `load_processor`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,9 +38,13 @@ from typing import Any
 import torch
 
 from mmsearch_r1.config import Config
-from mmsearch_r1.config_io import save_config
-from mmsearch_r1.model import compute_position_ids, load_model, load_processor
-from mmsearch_r1.rl.logprobs import token_logprobs
+from mmsearch_r1.config_io import config_to_dict, save_config
+from mmsearch_r1.model import load_model, load_processor
+from mmsearch_r1.rl import checkpoint as ckpt
+from mmsearch_r1.rl.batch import PolicyForward
+from mmsearch_r1.rl.batch import collate as collate_trajectories
+from mmsearch_r1.rl.distributed import DistInfo
+from mmsearch_r1.rl.metrics import MetricLogger, read_metrics
 from mmsearch_r1.rl.schedules import build_scheduler
 from mmsearch_r1.rl.sft_data import TokenizedConversation, read_conversations, tokenize_conversation
 
@@ -95,93 +98,29 @@ def index_stream(n: int, seed: int, shuffle: bool, start: int = 0) -> Iterator[t
 
 
 def collate(items: Sequence[TokenizedConversation], renderer: Any, device: Any) -> dict[str, Any]:
-    """Right-padded model inputs; `targets[b, t]` is the token at t+1 where it is trained, else -100."""
-    width = max(len(it.input_ids) for it in items)
-    pad = renderer.special.pad
-    ids = torch.full((len(items), width), pad, dtype=torch.long)
-    attn = torch.zeros((len(items), width), dtype=torch.long)
-    targets = torch.full((len(items), width), -100, dtype=torch.long)
-    for b, it in enumerate(items):
-        n = len(it.input_ids)
-        row = torch.tensor(it.input_ids)
-        ids[b, :n] = row
-        attn[b, :n] = 1
-        trained = torch.tensor(it.loss_mask[1:], dtype=torch.bool)
-        targets[b, : n - 1] = torch.where(trained, row[1:], torch.full_like(row[1:], -100))
-    images = [im for it in items for im in it.images]
-    pixel_values = grid = None
-    if images:
-        pixel_values, grid = renderer.encode_images(images)
-        expected = [g for it in items for g in it.image_grid_thw]
-        if [tuple(int(x) for x in g) for g in grid.tolist()] != expected:
-            raise RuntimeError(
-                "image processor grids differ from the grids the conversations were rendered with"
-            )
-        pixel_values, grid = pixel_values.to(device), grid.to(device)
-    return {
-        "input_ids": ids.to(device),
-        "attention_mask": attn.to(device),
-        "targets": targets.to(device),
-        "pixel_values": pixel_values,
-        "image_grid_thw": grid,
-    }
+    """The RL trainer's micro-batch (`rl.batch.collate`) of conversations seen as trajectories."""
+    return collate_trajectories([it.as_trajectory() for it in items], renderer, device)
 
 
-def sequence_logprobs(model: Any, batch: dict[str, Any], chunk_tokens: int = 1024) -> torch.Tensor:
-    """log p(targets) [B, T] (0 where targets < 0) from one full-sequence forward with mRoPE positions."""
-    pos = compute_position_ids(model, batch["input_ids"], batch["image_grid_thw"], batch["attention_mask"])
-    out = model.model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=pos,
-        pixel_values=batch["pixel_values"],
-        image_grid_thw=batch["image_grid_thw"],
-        use_cache=False,
-    )
-    hidden = out.last_hidden_state
-    logp, _ = token_logprobs(hidden, model.lm_head.weight, batch["targets"], chunk_tokens=chunk_tokens)
-    return logp
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Run directory
-# ----------------------------------------------------------------------------------------------------------
-def save_hf(model: Any, renderer: Any, out: Path) -> Path:
-    """Model weights + tokenizer + image processor as one HF directory (written to a temp dir, then renamed)."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    renderer.tokenizer.save_pretrained(str(tmp))
-    renderer.image_processor.save_pretrained(str(tmp))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
-
-
-def _save_checkpoint(
-    run: Path, step: int, model: Any, renderer: Any, state: dict[str, Any], keep: int
-) -> Path:
-    ckpt_root = run / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step_{step:06d}"
-    tmp = ckpt_root / f".step_{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_hf(model, renderer, tmp / "model")
-    torch.save(state, tmp / "state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    kept = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
-    for old in kept[: max(0, len(kept) - max(1, keep))]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+def masked_nll_sum(policy: PolicyForward, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    """(- sum of the log-probs of the trained tokens, their count) through the trainer's forward path."""
+    logp, _ = policy(batch)
+    return -(logp * batch["mask"]).sum(), int(batch["mask"].sum())
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------------------
-def run_sft(cfg: Config, progress: Callable[[int, int, dict[str, float]], None] | None = None) -> SFTResult:
-    """Fine-tune `model.path` on `sft.train_files`; `progress(step, total_steps, metrics)` after each step."""
+def run_sft(
+    cfg: Config,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    resume: bool = False,
+) -> SFTResult:
+    """Fine-tune `model.path` on `sft.train_files`; `progress(step, total_steps, metrics)` after each step.
+
+    `resume`: continue from the last checkpoint in `sft.run_dir` (model, optimizer, scheduler, RNG, data
+    position), keeping the metrics lines up to it; the result equals an uninterrupted run.
+    """
     check_sft_config(cfg)
     s = cfg.sft
     torch.manual_seed(cfg.trainer.seed)
@@ -189,23 +128,27 @@ def run_sft(cfg: Config, progress: Callable[[int, int, dict[str, float]], None] 
     run = Path(s.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
+    info = DistInfo(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
     # -- model, data ------------------------------------------------------------------------------------------
+    last = ckpt.latest_checkpoint(run) if resume else None
+    if resume and last is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {run / 'checkpoints'}")
+    # on resume the weights come from the checkpoint's HF directory (load_model applies the checkpoint key mapping)
+    weights = str(last / "model") if last is not None else cfg.model.path
     renderer = load_processor(cfg.model.path)
-    model = load_model(
-        cfg.model.path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation
-    )
-    device = next(model.parameters()).device
+    model = load_model(weights, cfg.model.dtype, str(info.device), cfg.model.attn_implementation)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
+    policy = PolicyForward(model, cfg.grpo.logprob_chunk_tokens)
     convs = read_conversations(s.train_files)
     data: list[TokenizedConversation] = []
     for c in convs:
         tc = tokenize_conversation(c, renderer, s.max_length)
         if tc is None:
             log.warning(
-                "conversation %s: first assistant turn ends past sft.max_length=%d; dropped",
+                "conversation %s: its first assistant turn ends past sft.max_length=%d; dropped",
                 c.id,
                 s.max_length,
             )
@@ -215,35 +158,52 @@ def run_sft(cfg: Config, progress: Callable[[int, int, dict[str, float]], None] 
         raise ValueError(f"no conversation fits sft.max_length={s.max_length} (read {len(convs)})")
     n_trunc = sum(tc.truncated for tc in data)
     log.info("SFT on %d conversations (%d dropped, %d truncated)", len(data), len(convs) - len(data), n_trunc)
-    steps_per_epoch = math.ceil(len(data) / s.batch_size)
-    total = s.max_steps if s.max_steps > 0 else s.epochs * steps_per_epoch
+    total = s.max_steps if s.max_steps > 0 else s.epochs * math.ceil(len(data) / s.batch_size)
 
-    # -- optimizer ----------------------------------------------------------------------------------------------
-    params = [p for p in model.parameters() if p.requires_grad]
+    # -- optimizer, resume, logger ------------------------------------------------------------------------------
+    params = [p for p in policy.parameters() if p.requires_grad]
     o = cfg.optim
-    optimizer = torch.optim.AdamW(params, lr=s.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=s.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps
+    )
     scheduler = build_scheduler(optimizer, o, total)
-    stream = index_stream(len(data), cfg.trainer.seed, s.shuffle)
-    metrics_path = run / "metrics.jsonl"
-    metrics_path.write_text("")  # a fresh run: metrics of an earlier run in this directory are replaced
+    start, data_pos = 0, 0
+    if last is not None:
+        state = torch.load(last / "state.pt", map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.restore_rng(torch.load(last / "rng_rank0.pt", map_location="cpu", weights_only=False))
+        start, data_pos = state["step"], state["trainer"]["data_position"]
+        log.info("resumed from %s (step %d)", last, start)
+    old = read_metrics(run / "metrics.jsonl") if resume and (run / "metrics.jsonl").is_file() else []
+    logger = MetricLogger(
+        run,
+        tensorboard=cfg.trainer.log_tensorboard,
+        wandb=cfg.trainer.log_wandb,
+        wandb_project=cfg.trainer.wandb_project,
+        config=config_to_dict(cfg),
+    )
+    for row in old:
+        if row["step"] <= start:
+            logger.log(row.pop("step"), row)
+    stream = index_stream(len(data), cfg.trainer.seed, s.shuffle, start=data_pos)
     loss_value = float("nan")
 
-    for step in range(1, total + 1):
+    for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
         picked = [next(stream) for _ in range(s.batch_size)]
-        epoch = picked[-1][0]
+        data_pos += s.batch_size
         items = [data[i] for _, i in picked]
-        n_tokens = sum(sum(it.loss_mask[1:]) for it in items)  # the first token is never a target
+        n_tokens = sum(sum(it.loss_mask) for it in items)
 
         # -- forward/backward over micro-batches, normalized by the step's token count ---------------------
         optimizer.zero_grad(set_to_none=True)
-        nll_sum = 0.0
+        nll_total = 0.0
         for k in range(0, len(items), s.micro_batch_size):
-            batch = collate(items[k : k + s.micro_batch_size], renderer, device)
-            logp = sequence_logprobs(model, batch)
-            nll = -logp.sum()
+            batch = collate(items[k : k + s.micro_batch_size], renderer, info.device)
+            nll, _ = masked_nll_sum(policy, batch)
             (nll / max(1, n_tokens)).backward()
-            nll_sum += float(nll.detach())
+            nll_total += float(nll.detach())
 
         # -- update ------------------------------------------------------------------------------------------
         clip = o.grad_clip if o.grad_clip > 0 else float("inf")
@@ -251,7 +211,7 @@ def run_sft(cfg: Config, progress: Callable[[int, int, dict[str, float]], None] 
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
-        loss_value = nll_sum / max(1, n_tokens)
+        loss_value = nll_total / max(1, n_tokens)
 
         # -- log, checkpoint ---------------------------------------------------------------------------------
         dt = time.perf_counter() - t0
@@ -262,26 +222,30 @@ def run_sft(cfg: Config, progress: Callable[[int, int, dict[str, float]], None] 
             "sft/seq_tokens": float(seq_tokens),
             "sft/lr": lr,
             "sft/grad_norm": grad_norm,
-            "sft/epoch": float(epoch),
+            "sft/epoch": float(picked[-1][0]),
             "perf/time_step_s": dt,
             "perf/tokens_per_s": seq_tokens / dt if dt > 0 else 0.0,
         }
         if step % s.log_every == 0 or step == total:
-            with metrics_path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": step, **metrics}) + "\n")
+            logger.log(step, metrics)
         if progress is not None:
             progress(step, total, metrics)
         if (s.save_every and step % s.save_every == 0) or step == total:
-            state = {
-                "step": step,
-                "data_position": step * s.batch_size,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
-            }
-            _save_checkpoint(run, step, model, renderer, state, cfg.trainer.keep_last)
+            ckpt.save_checkpoint(
+                run,
+                step,
+                policy=policy,
+                hf_model=model,
+                renderer=renderer,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                trainer_state={"data_position": data_pos},
+                keep_last=cfg.trainer.keep_last,
+                info=info,
+            )
 
     # -- export ----------------------------------------------------------------------------------------------
-    final = save_hf(model.eval(), renderer, Path(s.export_dir) if s.export_dir else run / "final")
-    log.info("SFT done: %d steps, last loss %.4f, model in %s", total, loss_value, final)
-    return SFTResult(run, final, total, loss_value, metrics_path, len(data), len(convs) - len(data))
+    logger.close()
+    final = ckpt.save_hf(model.eval(), renderer, Path(s.export_dir) if s.export_dir else run / "final")
+    log.info("SFT done: steps %d..%d, last loss %.4f, model in %s", start + 1, total, loss_value, final)
+    return SFTResult(run, final, total, loss_value, run / "metrics.jsonl", len(data), len(convs) - len(data))

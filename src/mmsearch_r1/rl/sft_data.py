@@ -39,6 +39,7 @@ from mmsearch_r1.config import ProtocolConfig
 from mmsearch_r1.data.errors import DataError
 from mmsearch_r1.protocol import check_action, parse_turn
 from mmsearch_r1.rollout.prompts import allowed_next_actions, get_prompt_set
+from mmsearch_r1.rollout.trajectory import Trajectory
 from mmsearch_r1.types import ImageData, Message, Part, Sample, ToolResult
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,21 @@ class TokenizedConversation:
     images: list[Part]
     image_grid_thw: list[tuple[int, int, int]]
     truncated: bool = False
+
+    def as_trajectory(self) -> Trajectory:
+        """The same tokens as a rollout `Trajectory`: the prompt up to the first trained token, then the rest."""
+        first = self.loss_mask.index(1)
+        return Trajectory(
+            sample_id=self.id,
+            group_index=0,
+            prompt_ids=self.input_ids[:first],
+            response_ids=self.input_ids[first:],
+            loss_mask=self.loss_mask[first:],
+            sampled_logprobs=[0.0] * (len(self.input_ids) - first),
+            images=list(self.images),
+            image_grid_thw=list(self.image_grid_thw),
+            finish_reason="answer",
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
