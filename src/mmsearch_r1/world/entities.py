@@ -1,0 +1,125 @@
+"""Entities of the procedural world: names, facts and image identities, drawn deterministically from a seed.
+
+Every entity has a kind (statue, emblem, vessel, machine), a distinct image identity (`render.Identity`), a made-up
+one-word name, and three facts: the city it is in (`place`), the year it was made (`year`) and its maker
+(`maker`). Names, cities and makers are invented words from disjoint syllable pools, so no answer is guessable from
+English and a name is never also a city or a maker. Years lie in 1800-2019.
+
+Groups: "head" entities appear in every split (the model can learn to recognise them in warm-up); "tail" entities
+belong to exactly one split (train, val or test), so a test tail entity is never seen in training and can only be
+answered by searching.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from mmsearch_r1.world.render import KIND_SHAPES, Identity, draw_identity
+
+KINDS = tuple(KIND_SHAPES)
+ATTRIBUTES = ("place", "year", "maker")
+
+_NAME_ON = ("b", "d", "k", "m", "n", "r", "t", "v", "z", "l")
+_NAME_VOW = ("a", "e", "i", "o", "u")
+_NAME_END = ("n", "r", "s", "x", "l")
+_PLACE_ON = ("p", "g", "h", "s", "f", "w")
+_PLACE_VOW = ("ai", "ou", "ee", "oa", "y")
+_PLACE_END = ("burg", "mouth", "ford", "holm", "vik")
+_MAKER_ON = ("Q", "J", "C", "Y")
+_MAKER_MID = ("ua", "ia", "ey", "oy")
+_MAKER_END = ("sson", "wick", "ett", "ard")
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One thing in the world (see the module docstring)."""
+
+    id: str
+    name: str
+    kind: str
+    identity: Identity
+    place: str
+    year: str
+    maker: str
+    group: str  # "head" | "tail"
+    split: str  # "all" for head entities, else "train" | "val" | "test"
+
+    def fact(self, attribute: str) -> str:
+        if attribute == "name":
+            return self.name
+        if attribute not in ATTRIBUTES:
+            raise ValueError(f"unknown attribute {attribute!r}")
+        return str(getattr(self, attribute))
+
+
+def _entity_name(rng: random.Random) -> str:
+    n = rng.choice((2, 2, 3))
+    word = "".join(rng.choice(_NAME_ON) + rng.choice(_NAME_VOW) for _ in range(n)) + rng.choice(_NAME_END)
+    return word.capitalize()
+
+
+def _place_name(rng: random.Random) -> str:
+    return (rng.choice(_PLACE_ON) + rng.choice(_PLACE_VOW) + rng.choice(_PLACE_END)).capitalize()
+
+
+def _maker_name(rng: random.Random) -> str:
+    return rng.choice(_MAKER_ON) + rng.choice(_MAKER_MID) + rng.choice(_MAKER_END)
+
+
+def _unique(rng: random.Random, make, n: int, taken: set[str]) -> list[str]:
+    out: list[str] = []
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 10_000 * max(1, n):
+            raise ValueError(f"cannot draw {n} distinct names from the syllable pool")
+        v = make(rng)
+        if v not in taken:
+            taken.add(v)
+            out.append(v)
+    return out
+
+
+def draw_entities(
+    seed: int,
+    n_head: int,
+    n_tail: dict[str, int],
+    n_places: int = 12,
+    n_makers: int = 12,
+) -> list[Entity]:
+    """Head entities (split "all") then tail entities per split, in a fixed order. Deterministic by `seed`."""
+    rng = random.Random(f"world-entities-{seed}")
+    total = n_head + sum(n_tail.values())
+    taken: set[str] = set()
+    places = _unique(rng, _place_name, n_places, taken)
+    makers = _unique(rng, _maker_name, n_makers, taken)
+    names = _unique(rng, _entity_name, total, taken)
+    idents: list[Identity] = []
+    keys: set[tuple] = set()
+    while len(idents) < total:
+        ident = draw_identity(rng, KINDS[len(idents) % len(KINDS)])
+        if ident.key() in keys:
+            continue
+        keys.add(ident.key())
+        idents.append(ident)
+    rng.shuffle(idents)
+    plan = [("head", "all")] * n_head
+    for split in ("train", "val", "test"):
+        plan += [("tail", split)] * n_tail.get(split, 0)
+    out = []
+    for i, ((group, split), name, ident) in enumerate(zip(plan, names, idents, strict=True)):
+        out.append(
+            Entity(
+                id=f"e{i:04d}",
+                name=name,
+                kind=ident.kind,
+                identity=ident,
+                place=rng.choice(places),
+                year=str(rng.randint(1800, 2019)),
+                maker=rng.choice(makers),
+                group=group,
+                split=split,
+            )
+        )
+    return out

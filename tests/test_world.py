@@ -1,0 +1,201 @@
+"""The procedural search world: determinism, splits, search behaviour through the real tools, SFT conversations."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from mmsearch_r1.cli import main
+from mmsearch_r1.data.reader import read_samples
+from mmsearch_r1.protocol import extract_final_answer
+from mmsearch_r1.reward import exact_match
+from mmsearch_r1.rl.sft_data import read_conversations
+from mmsearch_r1.tools import build_tools
+from mmsearch_r1.world.build import SIZES, build_world, spec_for
+from mmsearch_r1.world.entities import draw_entities
+from mmsearch_r1.world.questions import make_sample
+from mmsearch_r1.world.render import render
+from mmsearch_r1.world.sft import first_title_name
+
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world") / "w"
+    assert (
+        main(["world", "build", "--out", str(out), "--seed", str(SEED), "--size", "small", "--no-progress"])
+        == 0
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def manifest(world_dir) -> dict:
+    return json.loads((world_dir / "world.json").read_text())
+
+
+def _digest(root: Path) -> dict[str, str]:
+    skip = {"search.yaml"}  # holds the absolute index path
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
+
+
+def test_same_seed_same_files_other_seed_differs(world_dir, tmp_path):
+    again = build_world(tmp_path / "again", seed=SEED, size="small")
+    assert _digest(again.root) == _digest(world_dir)
+    a = draw_entities(SEED, 8, {"train": 4})
+    b = draw_entities(SEED + 1, 8, {"train": 4})
+    assert [e.name for e in a] != [e.name for e in b]
+    assert [e.identity for e in a] != [e.identity for e in b]
+
+
+def test_splits_schema_and_groups(world_dir, manifest):
+    spec = spec_for("small")
+    ents = {e["id"]: e for e in manifest["entities"]}
+    tail_entities: dict[str, set[str]] = {}
+    for split in ("train", "val", "test"):
+        res = read_samples(world_dir / "data" / f"{split}.parquet")
+        assert res.n_skipped == 0 and res.samples
+        ids = [s.id for s in res.samples]
+        assert len(set(ids)) == len(ids)
+        for s in res.samples:
+            e = ents[s.extra_info["entity"]]
+            assert s.answers.ground_truth == (
+                e["name"] if s.extra_info["attribute"] == "name" else str(e[s.extra_info["attribute"]])
+            )
+            assert len(s.images) == 1 and s.images[0].load().size == (spec.image_size, spec.image_size)
+            if e["group"] == "head":
+                assert (s.data_source, s.category) == ("world_head", "search_free")
+            else:
+                assert (s.data_source, s.category) == ("world_tail", "search_required")
+                assert e["split"] == split
+        tail_entities[split] = {s.extra_info["entity"] for s in res.samples if s.data_source == "world_tail"}
+        heads = {s.extra_info["entity"] for s in res.samples if s.data_source == "world_head"}
+        assert heads, split
+        assert {s.extra_info["attribute"] for s in res.samples} == {"name", "place", "year", "maker"}
+    assert not (tail_entities["train"] & tail_entities["test"])
+    assert not (tail_entities["train"] & tail_entities["val"])
+    test = read_samples(world_dir / "data" / "test.parquet").samples
+    assert len(test) == 4 * (spec.n_head + spec.n_tail_test)
+
+
+def test_entities_names_distinct_from_facts():
+    ents = draw_entities(0, 16, {"train": 96, "val": 8, "test": 16})
+    names = {e.name for e in ents}
+    assert len(names) == len(ents)
+    facts = {e.place for e in ents} | {e.maker for e in ents}
+    assert not names & facts
+    assert len({e.identity.key() for e in ents}) == len(ents)
+
+
+def test_question_images_are_not_indexed_copies(world_dir):
+    indexed = {
+        hashlib.sha256(p.read_bytes()).hexdigest() for p in (world_dir / "corpus" / "images").glob("*.png")
+    }
+    from PIL import Image
+
+    indexed_pixels = {
+        hashlib.sha256(Image.open(p).convert("RGB").tobytes()).hexdigest()
+        for p in (world_dir / "corpus" / "images").glob("*.png")
+    }
+    for split in ("train", "test"):
+        for s in read_samples(world_dir / "data" / f"{split}.parquet").samples:
+            assert hashlib.sha256(s.images[0].bytes).hexdigest() not in indexed
+            assert hashlib.sha256(s.images[0].load().tobytes()).hexdigest() not in indexed_pixels
+
+
+def test_renderings_vary():
+    ent = draw_entities(1, 1, {})[0]
+    a = render(ent.identity, random.Random(0), 56, 1.0).tobytes()
+    b = render(ent.identity, random.Random(1), 56, 1.0).tobytes()
+    assert a != b
+
+
+def test_search_tools_find_the_entity_and_its_facts(world_dir, manifest):
+    from mmsearch_r1.config_io import load_config
+
+    tools = build_tools(load_config(world_dir / "search.yaml").search)
+    test = read_samples(world_dir / "data" / "test.parquet").samples
+    tail = [s for s in test if s.data_source == "world_tail"]
+    hits = 0
+    for s in tail:
+        res = tools["image_search"](None, s)
+        assert res.ok and len(res.images) == spec_for("small").top_k
+        hits += first_title_name(res) == s.extra_info["name"]
+    assert hits / len(tail) >= 0.9, (hits, len(tail))
+    ent = next(e for e in manifest["entities"] if e["group"] == "tail" and e["split"] == "test")
+    sample = make_sample(draw_entities(SEED, 1, {})[0], "year", random.Random(0), "q", 56)
+    res = tools["text_search"](ent["name"], sample)
+    assert res.ok
+    first = res.text.split("\n\n")[0]
+    assert f"/wiki/{ent['name']}" in first
+    for key in ("place", "maker", "year"):
+        assert str(ent[key]) in first
+
+
+def test_sft_conversations_behaviours(world_dir, manifest):
+    convs = read_conversations(world_dir / "sft" / "conversations.jsonl")
+    train = read_samples(world_dir / "data" / "train.parquet").samples
+    assert len(convs) == len(train)
+    by_id = {f"sft-{s.id}": s for s in train}
+    seen = set()
+    right = {"direct": 0, "search": 0, "guess": 0}
+    total = {"direct": 0, "search": 0, "guess": 0}
+    for c in convs:
+        s = by_id[c.id]
+        b = c.meta["behaviour"]
+        seen.add((c.meta["group"], b))
+        texts = [m.text for m in c.messages if m.role == "assistant"]
+        assert all(t.startswith("<reason>") for t in texts)
+        n_img = sum("<search><img></search>" in t for t in texts)
+        n_txt = sum("<text_search>" in t for t in texts)
+        if b == "search":
+            assert n_img == 1 and n_txt == (0 if s.extra_info["attribute"] == "name" else 1)
+            # the tool turns carry the real observations
+            assert "<information>" in c.messages[2].text
+        else:
+            assert n_img == n_txt == 0 and len(texts) == 1
+        total[b] += 1
+        right[b] += exact_match(extract_final_answer(texts), s.answers.all())
+    assert seen == {("head", "direct"), ("head", "search"), ("tail", "search"), ("tail", "guess")}
+    assert right["direct"] == total["direct"]
+    assert right["guess"] == 0
+    assert right["search"] >= 0.9 * total["search"]
+    assert manifest["counts"]["sft"] == {
+        f"{g}/{b}": n
+        for (g, b), n in __import__("collections")
+        .Counter((c.meta["group"], c.meta["behaviour"]) for c in convs)
+        .items()
+    }
+
+
+def test_tokenizer_corpus_and_search_config(world_dir, manifest):
+    text = (world_dir / "tokenizer_corpus.txt").read_text()
+    for e in manifest["entities"][:5]:
+        assert e["name"] in text and e["maker"] in text and e["place"] in text
+    assert "<search><img></search>" in text and "Search only when you must" in text
+    from mmsearch_r1.config_io import load_config
+    from mmsearch_r1.world.build import COMPACT_PROMPT_SET
+
+    cfg = load_config(world_dir / "search.yaml")
+    assert Path(cfg.search.text_backend["index_dir"]) == (world_dir / "index").resolve()
+    assert cfg.rollout.prompt_set == COMPACT_PROMPT_SET and cfg.search.top_k == spec_for("small").top_k
+
+
+def test_bad_inputs(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown world size 'huge'"):
+        build_world(tmp_path, size="huge")
+    with pytest.raises(ValueError, match="unknown question attribute 'colour'"):
+        make_sample(draw_entities(0, 1, {})[0], "colour", random.Random(0), "q", 56)
+    assert set(SIZES) == {"small", "default"}
+    with pytest.raises(SystemExit):
+        main(["world", "build", "--out", str(tmp_path), "--size", "huge"])
+    assert "invalid choice" in capsys.readouterr().err
