@@ -120,7 +120,11 @@ def forced_hook(sampled_tokens: int = 4):
     """Group 0 goes image search -> text search -> answer (tags forced, the words between them sampled)."""
     from mmsearch_r1.rollout.engine import ForcedActionEngine
 
-    actions = ["<search><img></search>", "<text_search>old tower stone</text_search>", "<answer>1820</answer>"]
+    actions = [
+        "<search><img></search>",
+        "<text_search>old tower stone</text_search>",
+        "<answer>1820</answer>",
+    ]
 
     def decide(req):
         if not req.key.endswith("#0"):
@@ -188,3 +192,87 @@ def test_bad_config_names_the_key(tmp_path):
     with pytest.raises(ValueError, match="model.path") as e:
         check_train_config(cfg, world_size=2)
     assert "data.train_files" in str(e.value) and "divisible by the number of processes" in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------ learning
+def _choose_golds(model_dir: Path, samples: list[Sample], prefix: str) -> list[tuple[str, float]]:
+    """For each question, a word the untrained model writes after `prefix` with probability 2-40%."""
+    from mmsearch_r1.config import ProtocolConfig
+    from mmsearch_r1.model import compute_position_ids, load_model, load_processor
+    from mmsearch_r1.reward import normalize_answer
+    from mmsearch_r1.rollout.prompts import get_prompt_set
+    from mmsearch_r1.rollout.rendering import RendererAdapter
+
+    model, renderer = load_model(model_dir), load_processor(model_dir)
+    prompts = get_prompt_set("default")
+    out = []
+    for s in samples:
+        r = RendererAdapter(renderer).render_first_turn(prompts.first_turn(s, ProtocolConfig(max_turns=1)))
+        ids = torch.tensor([r.input_ids + renderer.encode(prefix)])
+        pos = compute_position_ids(model, ids, r.image_grid_thw, torch.ones_like(ids))
+        with torch.no_grad():
+            logits = model(input_ids=ids, position_ids=pos, pixel_values=r.pixel_values,
+                           image_grid_thw=r.image_grid_thw).logits[0, -1]  # fmt: skip
+        probs = torch.softmax(logits.float(), -1)
+        best = None
+        for tok in torch.argsort(probs, descending=True)[:200].tolist():
+            text = renderer.decode([tok]).strip()
+            p = float(probs[tok])
+            if (
+                len(text) >= 2
+                and text.isalpha()
+                and normalize_answer(text) == text.lower()
+                and 0.02 <= p <= 0.4
+            ):
+                if best is None or abs(p - 0.1) < abs(best[1] - 0.1):
+                    best = (text, p)
+        assert best is not None, f"no answer word with a moderate probability for {s.id}"
+        out.append(best)
+    return out
+
+
+def test_grpo_raises_reward_on_a_one_token_answer_task(tmp_path, capsys):
+    """Each question's right answer is a word the random model samples 2-40% of the time after
+    `<reason>x</reason><answer>` (forced); GRPO must make it clearly more likely."""
+    from mmsearch_r1.data.writer import write_samples
+    from mmsearch_r1.model.tiny import TinySizes, build_tiny_model
+    from mmsearch_r1.rl.trainer import train
+    from mmsearch_r1.rollout.engine import ForcedActionEngine
+
+    model_dir = build_tiny_model(tmp_path / "m", seed=3, sizes=TinySizes(init_range=0.3))
+    world = build_world(tmp_path / "w")
+    samples = [
+        Sample(
+            f"q{i}", f"Which word goes with picture {i}?", [ImageData(bytes=png(drawing(i, 1)))], Answers("x")
+        )
+        for i in range(4)
+    ]
+    prefix = "<reason>x</reason><answer>"
+    golds = _choose_golds(model_dir, samples, prefix)
+    for s, (g, _) in zip(samples, golds, strict=True):
+        s.answers = Answers(g)
+    write_samples(samples, tmp_path / "task.parquet")
+    world["data.train_files"] = f"[{tmp_path / 'task.parquet'}]"
+    cfg = train_config(
+        model_dir, world, tmp_path / "run",
+        **{"trainer.total_steps": 6, "trainer.prompts_per_step": 4, "trainer.mini_batch_prompts": 4,
+           "trainer.micro_batch_size": 16, "trainer.save_every": 0, "trainer.traces_per_step": 0,
+           "rollout.n": 8, "protocol.max_turns": 1, "grpo.kl_coef": 0.0, "optim.lr": 5e-4,
+           "data.val_files": "[]"},
+    )  # fmt: skip
+
+    def hook(engine, renderer):
+        return ForcedActionEngine(
+            engine,
+            lambda req: (prefix, "</answer>"),
+            renderer.encode,
+            renderer.special.im_end,
+            sampled_tokens=1,
+        )
+
+    result = train(cfg, engine_hook=hook)
+    curve = [r["reward/mean"] for r in read_metrics(result.metrics_path)]
+    with capsys.disabled():
+        print("\ngolds", golds, "\nreward/mean by step", [round(c, 3) for c in curve])
+    start, end = curve[0], sum(curve[-2:]) / 2
+    assert end > start + 0.3 and end > 0.6, curve

@@ -51,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="GRPO training with search tools (torchrun for several processes)")
     p.add_argument("config", nargs="?", default=None, help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="a.b=c overrides, e.g. trainer.total_steps=10")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in trainer.run_dir")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in trainer.run_dir"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)

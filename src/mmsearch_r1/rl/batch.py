@@ -19,9 +19,11 @@ the sampling temperature -> (logp [B, R], entropy [B, R] or None).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from mmsearch_r1.model import compute_position_ids
@@ -42,9 +44,13 @@ def collate(
         raise ValueError("collate needs at least one trajectory")
     for k, t in enumerate(trajs):
         if not t.prompt_ids:
-            raise ValueError(f"trajectory {k} ({t.sample_id}#{t.group_index}) has no prompt (finish {t.finish_reason})")
+            raise ValueError(
+                f"trajectory {k} ({t.sample_id}#{t.group_index}) has no prompt (finish {t.finish_reason})"
+            )
         if not (len(t.response_ids) == len(t.loss_mask) == len(t.sampled_logprobs)):
-            raise ValueError(f"trajectory {k} ({t.sample_id}#{t.group_index}): response/mask/logprob lengths differ")
+            raise ValueError(
+                f"trajectory {k} ({t.sample_id}#{t.group_index}): response/mask/logprob lengths differ"
+            )
     b = len(trajs)
     width = max(len(t.prompt_ids) + len(t.response_ids) for t in trajs)
     rmax = max(1, max(len(t.response_ids) for t in trajs))
@@ -86,6 +92,29 @@ def collate(
     if advantages is not None:
         out["advantages"] = torch.as_tensor(advantages, dtype=torch.float32).reshape(b).to(device)
     return out
+
+
+def index_stream(n: int, seed: int, shuffle: bool, start: int = 0) -> Iterator[int]:
+    """Dataset indices from position `start` on: epoch e is a permutation of range(n) seeded by (seed, e)."""
+    pos = start
+    while True:
+        epoch, k = divmod(pos, n)
+        order = list(range(n))
+        if shuffle:
+            random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        yield from order[k:]
+        pos = (epoch + 1) * n
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def micro_batches(trajs: list[Any], adv: list[float], size: int) -> list[tuple[list[Any], list[float]]]:
+    """Consecutive chunks of `size` trajectories with their advantages."""
+    return [(trajs[i : i + size], adv[i : i + size]) for i in range(0, len(trajs), size)]
 
 
 class PolicyForward(torch.nn.Module):

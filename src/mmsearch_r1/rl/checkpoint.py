@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmsearch_r1.model import load_model
 from mmsearch_r1.rl.distributed import DistInfo, barrier
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def full_model_state(policy: torch.nn.Module, info: DistInfo) -> dict[str, torch
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     if info.enabled:
-        sd = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        sd = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True))  # on every rank
     else:
         sd = {k: v.detach() for k, v in policy.state_dict().items()}
     return {k.removeprefix("model."): v for k, v in sd.items()}
@@ -105,13 +106,12 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint `step` (collective under FSDP: every rank must call it). Returns its directory.
 
-    `hf_model` is an unsharded HF model used only for `save_pretrained` (its weights are replaced by the
-    gathered state dict when distributed).
+    `hf_model` is an unsharded HF model holding the current weights (the trainer's rollout copy, synced from the
+    gathered state dict after every update when distributed); it is written with `save_pretrained`.
     """
     root = Path(run_dir) / "checkpoints"
     final = root / f"step_{step:06d}"
     tmp = root / f".step_{step:06d}.tmp"
-    model_sd = full_model_state(policy, info) if info.enabled else None
     optim_sd = optimizer_state(policy, optimizer, info)
     if info.is_main:
         root.mkdir(parents=True, exist_ok=True)
@@ -120,7 +120,7 @@ def save_checkpoint(
     barrier(info)
     torch.save(capture_rng(), tmp / f"rng_rank{info.rank}.pt")
     if info.is_main:
-        save_hf(hf_model, renderer, tmp / "model", state_dict=model_sd)
+        save_hf(hf_model, renderer, tmp / "model")
         state = {
             "step": step,
             "optimizer": optim_sd,
@@ -149,7 +149,6 @@ def load_checkpoint(
     info: DistInfo,
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and this rank's RNG from `path`; returns the trainer state."""
-    from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         set_model_state_dict,
@@ -163,18 +162,17 @@ def load_checkpoint(
             f"checkpoint {path} was written by {state.get('world_size')} processes; resuming with "
             f"{info.world_size} is not supported (the data shards would differ)"
         )
-    sd: dict[str, torch.Tensor] = {}
-    for f in sorted((path / "model").glob("*.safetensors")):
-        sd.update(load_file(str(f)))
-    sd = {f"model.{k}": v for k, v in sd.items()}
+    # from_pretrained maps the saved names to the module's (transformers renames some on save)
+    dtype = str(next(iter(policy.state_dict().values())).dtype).removeprefix("torch.")
+    saved = load_model(path / "model", dtype=dtype, attn_implementation=None)
+    sd = {f"model.{k}": v for k, v in saved.state_dict().items()}
+    del saved
     if info.enabled:
         opts = StateDictOptions(full_state_dict=True)
         set_model_state_dict(policy, sd, options=opts)
         set_optimizer_state_dict(policy, optimizer, state["optimizer"], options=opts)
     else:
-        missing, unexpected = policy.load_state_dict(sd, strict=False)
-        if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
-            raise ValueError(f"checkpoint {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        policy.load_state_dict(sd)
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     rng = path / f"rng_rank{info.rank}.pt"

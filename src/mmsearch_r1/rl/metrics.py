@@ -116,7 +116,9 @@ class MetricLogger:
             try:
                 import wandb as wandb_mod
             except ImportError as e:
-                raise ValueError("trainer.log_wandb=true but wandb is not installed (pip install wandb)") from e
+                raise ValueError(
+                    "trainer.log_wandb=true but wandb is not installed (pip install wandb)"
+                ) from e
             self.wandb = wandb_mod.init(
                 project=wandb_project, dir=str(run_dir), config=dict(config or {}), resume="allow"
             )

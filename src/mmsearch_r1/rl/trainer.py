@@ -32,21 +32,19 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from mmsearch_r1.config import Config
 from mmsearch_r1.config_io import config_to_dict, save_config
 from mmsearch_r1.rl import checkpoint as ckpt
 from mmsearch_r1.rl import distributed as D
-from mmsearch_r1.rl.batch import PolicyForward, collate
+from mmsearch_r1.rl.batch import PolicyForward, collate, index_stream, micro_batches, seed_all
 from mmsearch_r1.rl.grpo import agg_normalizer, filter_groups_dynamic, group_advantages, grpo_loss
 from mmsearch_r1.rl.metrics import MetricLogger, read_metrics, rollout_metrics, trajectory_row
 
@@ -80,28 +78,6 @@ def check_train_config(cfg: Config, world_size: int = 1) -> None:
         raise ValueError("invalid training config:\n  " + "\n  ".join(errs))
 
 
-def index_stream(n: int, seed: int, shuffle: bool, start: int = 0) -> Iterator[int]:
-    """Dataset indices from position `start` on: epoch e is a permutation of range(n) seeded by (seed, e)."""
-    pos = start
-    while True:
-        epoch, k = divmod(pos, n)
-        order = list(range(n))
-        if shuffle:
-            random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        yield from order[k:]
-        pos = (epoch + 1) * n
-
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _micro_batches(trajs: list[Any], adv: list[float], size: int) -> list[tuple[list[Any], list[float]]]:
-    return [(trajs[i : i + size], adv[i : i + size]) for i in range(0, len(trajs), size)]
-
-
 def _score(trajs, samples_by_id, cfg: Config, step: int) -> list[Any]:
     from mmsearch_r1.reward import compute_reward
 
@@ -111,7 +87,9 @@ def _score(trajs, samples_by_id, cfg: Config, step: int) -> list[Any]:
     ]
 
 
-def validate(cfg: Config, loop_factory, val_samples, info: D.DistInfo, run: Path, step: int) -> dict[str, float]:
+def validate(
+    cfg: Config, loop_factory, val_samples, info: D.DistInfo, run: Path, step: int
+) -> dict[str, float]:
     """Greedy, one response per question, this rank's share; summary over all ranks (eval.summary)."""
     from mmsearch_r1.eval.summary import flat_metrics, sample_record, summarize
     from mmsearch_r1.rollout.loop import sampling_params
@@ -164,7 +142,6 @@ def train(
     model = load()
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    model.train()
     gen_model = load() if info.enabled else model  # FSDP shards the policy: generate on a full copy
     lp_temp = sampling_params(r_cfg).logprob_temperature
     ref = None
@@ -188,7 +165,9 @@ def train(
 
     params = [p for p in policy.parameters() if p.requires_grad]
     o = cfg.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
+    optimizer = torch.optim.AdamW(
+        params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps
+    )
     scheduler = build_scheduler(optimizer, o, t_cfg.total_steps)
     start, data_pos = 0, 0
     if resume:
@@ -198,15 +177,21 @@ def train(
         state = ckpt.load_checkpoint(last, policy=policy, optimizer=optimizer, scheduler=scheduler, info=info)
         start, data_pos = state["step"], state["data_position"]
         if info.enabled:
-            gen_model.load_state_dict(ckpt.full_model_state(policy, info), strict=False)
+            gen_model.load_state_dict(ckpt.full_model_state(policy, info))
     logger = None
     if info.is_main:
         old = read_metrics(run / "metrics.jsonl") if resume and (run / "metrics.jsonl").is_file() else []
-        logger = MetricLogger(run, tensorboard=t_cfg.log_tensorboard, wandb=t_cfg.log_wandb,
-                              wandb_project=t_cfg.wandb_project, config=config_to_dict(cfg))
+        logger = MetricLogger(
+            run,
+            tensorboard=t_cfg.log_tensorboard,
+            wandb=t_cfg.log_wandb,
+            wandb_project=t_cfg.wandb_project,
+            config=config_to_dict(cfg),
+        )
         for row in old:
             if row["step"] <= start:
                 logger.log(row.pop("step"), row)
+    model.eval()
     if val_samples and t_cfg.val_before_train and start == 0:
         m = validate(cfg, loop_factory, val_samples, info, run, 0)
         if logger:
@@ -219,6 +204,7 @@ def train(
         metrics: dict[str, float] = {}
         # ================================================================ rollout (+ dynamic sampling)
         t0 = time.perf_counter()
+        model.eval()  # generate uses its KV cache only in eval mode; Qwen has no dropout to switch
         stream = index_stream(len(samples), t_cfg.seed, cfg.data.shuffle, data_pos)
         kept, kept_rewards, rows, rounds = [], [], [], 0
         while True:
@@ -229,9 +215,16 @@ def train(
             trajs = loop_factory(sampling_params(r_cfg, seed=seed)).run(mine, n)
             # ============================================================ reward
             rewards = _score(trajs, by_id, cfg, step)
-            rows += [trajectory_row(t, r, by_id[t.sample_id].data_source) for t, r in zip(trajs, rewards, strict=True)]
+            rows += [
+                trajectory_row(t, r, by_id[t.sample_id].data_source)
+                for t, r in zip(trajs, rewards, strict=True)
+            ]
             totals = torch.tensor([r.total for r in rewards])
-            keep = filter_groups_dynamic(totals, n) if g_cfg.dynamic_sampling else torch.ones(len(trajs), dtype=torch.bool)
+            keep = (
+                filter_groups_dynamic(totals, n)
+                if g_cfg.dynamic_sampling
+                else torch.ones(len(trajs), dtype=torch.bool)
+            )
             kept += [t for t, k in zip(trajs, keep.tolist(), strict=True) if k]
             kept_rewards += [r.total for r, k in zip(rewards, keep.tolist(), strict=True) if k]
             rounds += 1
@@ -243,17 +236,19 @@ def train(
         kept, kept_rewards = kept[: share * n], kept_rewards[: share * n]
         metrics["perf/time_rollout_s"] = time.perf_counter() - t0
         # ================================================================ advantages
-        adv = group_advantages(torch.tensor(kept_rewards, dtype=torch.float32), n, g_cfg.adv_estimator, g_cfg.adv_eps)
+        adv = group_advantages(
+            torch.tensor(kept_rewards, dtype=torch.float32), n, g_cfg.adv_estimator, g_cfg.adv_eps
+        )
         usable = [(t, a) for t, a in zip(kept, adv.tolist(), strict=True) if t.prompt_ids]
         groups_per_mini = -(-len(usable) // max(1, n_mini))  # ceil: trajectories per mini-batch on this rank
         minis = [usable[i * groups_per_mini : (i + 1) * groups_per_mini] for i in range(n_mini)]
-        plan = [_micro_batches([t for t, _ in mb], [a for _, a in mb], t_cfg.micro_batch_size) for mb in minis]
+        plan = [micro_batches([t for t, _ in mb], [a for _, a in mb], t_cfg.micro_batch_size) for mb in minis]
         n_micro = [D.all_reduce_max(len(p), info) for p in plan]
         if any(k == 0 for k in n_micro):
             raise RuntimeError(f"step {step + 1}: a mini-batch has no trajectory on any rank")
         batches = [[collate(tr, renderer, info.device, a) for tr, a in p] for p in plan]
 
-        def micro(i: int, k: int) -> tuple[dict[str, Any], float]:
+        def micro(i: int, k: int, batches: list = batches) -> tuple[dict[str, Any], float]:
             """Micro-batch k of mini-batch i, or (when this rank has fewer) a zero-weight stand-in."""
             bs = batches[i] or [b for mb in batches for b in mb][:1]
             return (bs[k], 1.0) if k < len(batches[i]) else (bs[-1], 0.0)
@@ -275,7 +270,15 @@ def train(
         metrics["rollout/logprob_diff_max"] = max(D.all_gather_objects(diff, info))
         # ================================================================ mini-batch updates
         t0 = time.perf_counter()
-        sums = {"pg_loss": 0.0, "kl": 0.0, "entropy": 0.0, "clipfrac_low": 0.0, "clipfrac_high": 0.0, "tokens": 0.0}
+        model.train()  # (gradient checkpointing applies in train mode)
+        sums = {
+            "pg_loss": 0.0,
+            "kl": 0.0,
+            "entropy": 0.0,
+            "clipfrac_low": 0.0,
+            "clipfrac_high": 0.0,
+            "tokens": 0.0,
+        }
         grad_norms = []
         for _epoch in range(g_cfg.ppo_epochs):
             for i, k_max in enumerate(n_micro):
@@ -288,10 +291,18 @@ def train(
                     key = (i, k) if w else None
                     old = old_lp[key] if key else logp.detach()
                     loss, st = grpo_loss(
-                        logp, old, b["advantages"], b["mask"],
+                        logp,
+                        old,
+                        b["advantages"],
+                        b["mask"],
                         ref_logp=ref_lp.get(key, logp.detach()) if ref is not None else None,
-                        entropy=ent, clip_low=g_cfg.clip_low, clip_high=g_cfg.clip_high, kl_coef=g_cfg.kl_coef,
-                        kl_kind=g_cfg.kl_kind, entropy_coef=g_cfg.entropy_coef, agg=g_cfg.loss_agg,
+                        entropy=ent,
+                        clip_low=g_cfg.clip_low,
+                        clip_high=g_cfg.clip_high,
+                        kl_coef=g_cfg.kl_coef,
+                        kl_kind=g_cfg.kl_kind,
+                        entropy_coef=g_cfg.entropy_coef,
+                        agg=g_cfg.loss_agg,
                         normalizer=normalizer,
                     )
                     (loss * (W * w)).backward()
@@ -309,21 +320,23 @@ def train(
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         if info.enabled:  # the rollout copy gets the new weights
-            gen_model.load_state_dict(ckpt.full_model_state(policy, info), strict=False)
+            gen_model.load_state_dict(ckpt.full_model_state(policy, info))
         metrics["perf/time_update_s"] = time.perf_counter() - t0
         # ================================================================ log
         names = list(sums)
         red = dict(zip(names, D.all_reduce_sums([sums[k] for k in names], info), strict=True))
         updates = max(1, g_cfg.ppo_epochs * n_mini)
-        metrics.update({
-            "actor/pg_loss": red["pg_loss"] / updates,
-            "actor/kl": red["kl"] / updates,
-            "actor/entropy": red["entropy"] / updates,
-            "actor/clip_frac_low": red["clipfrac_low"] / max(1.0, red["tokens"]),
-            "actor/clip_frac_high": red["clipfrac_high"] / max(1.0, red["tokens"]),
-            "actor/grad_norm": sum(grad_norms) / len(grad_norms),
-            "actor/lr": lr,
-        })
+        metrics.update(
+            {
+                "actor/pg_loss": red["pg_loss"] / updates,
+                "actor/kl": red["kl"] / updates,
+                "actor/entropy": red["entropy"] / updates,
+                "actor/clip_frac_low": red["clipfrac_low"] / max(1.0, red["tokens"]),
+                "actor/clip_frac_high": red["clipfrac_high"] / max(1.0, red["tokens"]),
+                "actor/grad_norm": sum(grad_norms) / len(grad_norms),
+                "actor/lr": lr,
+            }
+        )
         all_rows = [r for part in D.all_gather_objects(rows, info) for r in part]
         metrics.update(rollout_metrics(all_rows))
         metrics["rollout/dynamic_rounds"] = float(rounds)
@@ -336,26 +349,36 @@ def train(
             (run / "traces").mkdir(exist_ok=True)
             with open(run / "traces" / f"step_{done:04d}.jsonl", "w", encoding="utf-8") as fh:
                 for t, r in list(zip(trajs, rewards, strict=True))[: t_cfg.traces_per_step]:
-                    fh.write(json.dumps({**t.to_json(renderer.decode), "reward": r.to_dict()}, ensure_ascii=False) + "\n")
+                    fh.write(
+                        json.dumps({**t.to_json(renderer.decode), "reward": r.to_dict()}, ensure_ascii=False)
+                        + "\n"
+                    )
+        model.eval()
         if val_samples and t_cfg.val_every > 0 and done % t_cfg.val_every == 0:
             metrics.update(validate(cfg, loop_factory, val_samples, info, run, done))
         if logger:
             logger.log(done, metrics)
-        if progress is not None:
-            progress(done, t_cfg.total_steps, metrics)
         if (t_cfg.save_every > 0 and done % t_cfg.save_every == 0) or done == t_cfg.total_steps:
             ckpt.save_checkpoint(
-                run, done, policy=policy, hf_model=gen_model, renderer=renderer, optimizer=optimizer,
-                scheduler=scheduler, trainer_state={"data_position": data_pos}, keep_last=t_cfg.keep_last,
+                run,
+                done,
+                policy=policy,
+                hf_model=gen_model,
+                renderer=renderer,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                trainer_state={"data_position": data_pos},
+                keep_last=t_cfg.keep_last,
                 info=info,
             )
+        if progress is not None:
+            progress(done, t_cfg.total_steps, metrics)
 
     # ==================================================================== export
     final = None
     if t_cfg.total_steps > start or resume:
-        sd = ckpt.full_model_state(policy, info) if info.enabled else None
-        if info.is_main:
-            final = ckpt.save_hf(gen_model, renderer, run / "final", state_dict=sd)
+        if info.is_main:  # gen_model holds the current weights (synced after every update)
+            final = ckpt.save_hf(gen_model, renderer, run / "final")
     D.barrier(info)
     if logger:
         logger.close()
