@@ -116,11 +116,12 @@ def test_report_plots_every_group_and_tolerates_faults(tmp_path: Path, caplog) -
     assert _table_row(md, "reward/mean")[:2] == [f"{0.25:.4g}", f"{0.6:.4g}"]
     assert _table_row(md, "search/ratio_any")[1] == f"{1.0 - 0.8:.4g}"
     # validation by data source at the first and the last validation step
-    assert "| data source | acc @ 1 | acc @ 8 | search_ratio @ 1 | search_ratio @ 8 |" in md
-    head = re.search(r"^\| world_head \|(.*)$", md, re.M).group(1)
-    assert [c.strip() for c in head.strip(" |").split("|")] == ["0.55", "0.9", "0.8", "0.1"]
-    tail = re.search(r"^\| world_tail \|(.*)$", md, re.M).group(1)
-    assert [c.strip() for c in tail.strip(" |").split("|")] == ["0.21", "0.28", "-", "-"]
+    assert "At step 1:\n\n| data source | acc | search_ratio |" in md
+    first, last = md.split("At step 1:")[1].split("At step 8:")
+    assert re.search(r"^\| world_head \| 0.55 \| 0.8 \|$", first, re.M)
+    assert re.search(r"^\| world_tail \| 0.21 \| - \|$", first, re.M)
+    assert re.search(r"^\| world_head \| 0.9 \| 0.1 \|$", last, re.M)
+    assert re.search(r"^\| world_tail \| 0.28 \| - \|$", last, re.M)
 
 
 def test_report_errors_are_clear(tmp_path: Path) -> None:
@@ -131,3 +132,43 @@ def test_report_errors_are_clear(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="holds no metrics rows"):
         render_report(tmp_path)
+
+
+def test_report_from_a_real_grpo_run(tmp_path: Path, tiny_model_dir) -> None:
+    """A 1-step GRPO run of the tiny model on the trainer test's local search world, validated before and after."""
+    from mmsearch_r1.rl.trainer import train
+    from test_trainer import build_world, forced_hook, train_config
+
+    world = build_world(tmp_path / "world")
+    extra = {"trainer.total_steps": 1, "trainer.val_every": 1, "trainer.val_before_train": True}
+    result = train(train_config(tiny_model_dir, world, tmp_path / "run", **extra), engine_hook=forced_hook())
+    rows = [json.loads(ln) for ln in result.metrics_path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+
+    md = render_report(result.run_dir, tmp_path / "rep").read_text()
+    out = tmp_path / "rep"
+    for name, panels in [
+        ("reward", 1),
+        ("accuracy", 1),
+        ("search", 1),
+        ("validation", 2),
+        ("optimization", 3),
+    ]:
+        assert _png(out / f"{name}.png") == (700, 360 * panels), name
+    assert "Not plotted" not in md
+    assert "steps logged: 2 (step 0 to 1)" in md
+    for key in ("reward/mean", "search/ratio_any", "search/ratio_both", "actor/pg_loss"):
+        values = [r[key] for r in rows if key in r]
+        assert _table_row(md, key) == [f"{v:.4g}" for v in (values[0], values[-1], min(values), max(values))]
+    # validation tables at steps 0 and 1, every source (the overall row last), checked against the file
+    for step, part in zip((0, 1), md.split("At step ")[1:], strict=True):
+        assert part.startswith(f"{step}:")
+        lines = [ln for ln in part.splitlines() if ln.startswith("| ")]
+        metrics = [c.strip() for c in lines[0].strip(" |").split("|")][1:]
+        assert metrics[:2] == ["n", "acc"] and "search_ratio" in metrics
+        sources = [ln.split("|")[1].strip() for ln in lines[1:]]
+        assert sources == ["world_head", "world_tail", "all"]
+        for ln, source in zip(lines[1:], sources, strict=True):
+            cells = [c.strip() for c in ln.strip(" |").split("|")][1:]
+            want = [rows[step].get(f"val/{source}/{m}") for m in metrics]
+            assert cells == [f"{v:.4g}" if v is not None else "-" for v in want]

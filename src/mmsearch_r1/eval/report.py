@@ -16,8 +16,10 @@ Plots (each one PNG, matplotlib's Agg backend through its object API, so no glob
 - `optimization.png`: losses (`sft/loss`, `actor/pg_loss`, `actor/kl`, `actor/entropy`), `*grad_norm` and `*/lr`
   (a log scale when a positive panel spans more than a factor of 50).
 
-The markdown holds the plots, a table of headline metrics (first, last, best), the validation table by data source
-at the first and the last validation step, and the resolved config's path when the run saved one.
+The markdown holds the plots, a table of headline metrics (first, last, min, max), the validation tables (data
+sources x `VAL_TABLE_METRICS`) at the first and the last validation step, and the resolved config's path when the
+run saved one. A source named `all` (or `overall`) is the overall row: drawn dashed, listed last, and used as the
+validation accuracy in `accuracy.png` (else the unweighted mean over sources).
 """
 
 from __future__ import annotations
@@ -45,6 +47,19 @@ HEADLINE_KEYS = (
     "sft/loss",
     "actor/pg_loss",
 )
+# validation metrics shown in the markdown tables (those present, in this order)
+VAL_TABLE_METRICS = (
+    "n",
+    "acc",
+    "acc_subem",
+    "search_ratio",
+    "search_ratio_image_only",
+    "search_ratio_text_only",
+    "search_ratio_both",
+    "searches_per_question",
+    "turns_mean",
+)
+OVERALL_SOURCES = ("all", "overall")
 _VAL = re.compile(r"^val/(?P<source>.+)/(?P<metric>[^/]+)$")
 
 Series = dict[str, list[tuple[int, float]]]
@@ -128,9 +143,9 @@ def _new_figure(panels: int = 1) -> tuple[Any, list[Any]]:
     return fig, axes
 
 
-def _line(ax: Any, pts: Sequence[tuple[int, float]], label: str) -> None:
+def _line(ax: Any, pts: Sequence[tuple[int, float]], label: str, **style: Any) -> None:
     xs, ys = zip(*pts, strict=True)
-    ax.plot(xs, ys, marker="o" if len(pts) <= 30 else None, markersize=3, label=label)
+    ax.plot(xs, ys, marker="o" if len(pts) <= 30 else None, markersize=3, label=label, **style)
 
 
 def _finish(fig: Any, axes: Sequence[Any], path: Path, titles: Sequence[str], ylabels: Sequence[str]) -> Path:
@@ -159,12 +174,14 @@ def _plot_keys(s: Series, keys: Sequence[str], path: Path, title: str, ylabel: s
     return _finish(fig, [ax], path, [title], [ylabel])
 
 
-def _mean_over_sources(
-    val: dict[str, dict[str, list[tuple[int, float]]]], metric: str
-) -> list[tuple[int, float]]:
+def _overall(val: dict[str, dict[str, list[tuple[int, float]]]], metric: str) -> list[tuple[int, float]]:
+    """The logged overall series (`val/all/<metric>`), else the unweighted mean over data sources."""
+    for name in OVERALL_SOURCES:
+        if val.get(name, {}).get(metric):
+            return val[name][metric]
     by_step: dict[int, list[float]] = {}
     for source, metrics in val.items():
-        if source in ("overall", "all", "mean"):
+        if source in OVERALL_SOURCES:
             continue
         for step, v in metrics.get(metric, []):
             by_step.setdefault(step, []).append(v)
@@ -173,14 +190,14 @@ def _mean_over_sources(
 
 def _plot_accuracy(s: Series, val: dict[str, Any], path: Path) -> Path | None:
     train = sorted(k for k in s if k.startswith("acc/")) or [k for k in ("reward/acc",) if s.get(k)]
-    val_pts = _mean_over_sources(val, "acc")
+    val_pts = _overall(val, "acc")
     if not train and not val_pts:
         return None
     fig, (ax,) = _new_figure()
     for k in train:
         _line(ax, s[k], f"train {k}")
     if val_pts:
-        _line(ax, val_pts, "validation acc (mean over sources)")
+        _line(ax, val_pts, "validation acc (all sources)")
     return _finish(fig, [ax], path, ["Accuracy"], ["accuracy"])
 
 
@@ -190,9 +207,15 @@ def _plot_validation(val: dict[str, dict[str, list[tuple[int, float]]]], path: P
         return None
     fig, axes = _new_figure(len(metrics))
     for ax, metric in zip(axes, metrics, strict=True):
-        for source in sorted(val):
+        for source in sorted(val, key=_source_order):
             if val[source].get(metric):
-                _line(ax, val[source][metric], source)
+                overall = source in OVERALL_SOURCES
+                _line(
+                    ax,
+                    val[source][metric],
+                    source,
+                    **({"linestyle": "--", "color": "black"} if overall else {}),
+                )
     titles = [f"Validation {m} by data source" for m in metrics]
     return _finish(fig, axes, path, titles, metrics)
 
@@ -241,21 +264,26 @@ def _headline(s: Series) -> list[str]:
     return lines if n else ["(none of the headline metrics were logged)"]
 
 
+def _source_order(source: str) -> tuple[bool, str]:
+    return (source in OVERALL_SOURCES, source)  # the overall row last
+
+
 def _val_md(val: dict[str, dict[str, list[tuple[int, float]]]]) -> list[str]:
+    """One table per shown validation step (the first and the last): data sources x the main metrics."""
     if not val:
         return ["(no `val/<source>/<metric>` keys in this run)"]
-    metrics = sorted({m for v in val.values() for m in v}, key=lambda m: (m != "acc", m))
+    present = {m for v in val.values() for m in v}
+    metrics = [m for m in VAL_TABLE_METRICS if m in present] or sorted(present)[:8]
     steps = sorted({step for v in val.values() for pts in v.values() for step, _ in pts})
-    shown = [steps[0]] if len(steps) == 1 else [steps[0], steps[-1]]
-    head = "| data source | " + " | ".join(f"{m} @ {st}" for m in metrics for st in shown) + " |"
-    lines = [head, "|---|" + "---|" * (len(metrics) * len(shown))]
-    for source in sorted(val):
-        cells = []
-        for m in metrics:
-            at = dict(val[source].get(m, []))
-            cells += [_fmt(at.get(st)) for st in shown]
-        lines.append(f"| {source} | " + " | ".join(cells) + " |")
-    return lines
+    lines: list[str] = []
+    for step in [steps[0]] if len(steps) == 1 else [steps[0], steps[-1]]:
+        lines += [f"At step {step}:", "", "| data source | " + " | ".join(metrics) + " |"]
+        lines.append("|---|" + "---|" * len(metrics))
+        for source in sorted(val, key=_source_order):
+            cells = [_fmt(dict(val[source].get(m, [])).get(step)) for m in metrics]
+            lines.append(f"| {source} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines[:-1]
 
 
 def render_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
