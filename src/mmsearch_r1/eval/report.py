@@ -143,8 +143,13 @@ def _new_figure(panels: int = 1) -> tuple[Any, list[Any]]:
     return fig, axes
 
 
+_STYLES = ("-", "--", "-.", ":")
+
+
 def _line(ax: Any, pts: Sequence[tuple[int, float]], label: str, **style: Any) -> None:
+    """One series; each further line of an axes gets the next dash style, so equal series stay visible."""
     xs, ys = zip(*pts, strict=True)
+    style.setdefault("linestyle", _STYLES[len(ax.get_lines()) % len(_STYLES)])
     ax.plot(xs, ys, marker="o" if len(pts) <= 30 else None, markersize=3, label=label, **style)
 
 
@@ -226,7 +231,11 @@ def _plot_optimization(s: Series, path: Path) -> Path | None:
         sorted(k for k in s if k.endswith("grad_norm")),
         sorted(k for k in s if k.endswith("/lr") or k == "lr"),
     ]
-    names = [("Loss", "loss"), ("Gradient norm (before clipping)", "norm"), ("Learning rate", "lr")]
+    names = [
+        ("Loss (and KL, entropy)", "value"),
+        ("Gradient norm (before clipping)", "norm"),
+        ("Learning rate", "lr"),
+    ]
     used = [(g, n) for g, n in zip(groups, names, strict=True) if g]
     if not used:
         return None
