@@ -134,10 +134,8 @@ def run_sft(
     last = ckpt.latest_checkpoint(run) if resume else None
     if resume and last is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {run / 'checkpoints'}")
-    # on resume the weights come from the checkpoint's HF directory (load_model applies the checkpoint key mapping)
-    weights = str(last / "model") if last is not None else cfg.model.path
     renderer = load_processor(cfg.model.path)
-    model = load_model(weights, cfg.model.dtype, str(info.device), cfg.model.attn_implementation)
+    model = load_model(cfg.model.path, cfg.model.dtype, str(info.device), cfg.model.attn_implementation)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
@@ -169,12 +167,8 @@ def run_sft(
     scheduler = build_scheduler(optimizer, o, total)
     start, data_pos = 0, 0
     if last is not None:
-        state = torch.load(last / "state.pt", map_location="cpu", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ckpt.restore_rng(torch.load(last / "rng_rank0.pt", map_location="cpu", weights_only=False))
-        start, data_pos = state["step"], state["trainer"]["data_position"]
-        log.info("resumed from %s (step %d)", last, start)
+        state = ckpt.load_checkpoint(last, policy=policy, optimizer=optimizer, scheduler=scheduler, info=info)
+        start, data_pos = state["step"], state["data_position"]
     old = read_metrics(run / "metrics.jsonl") if resume and (run / "metrics.jsonl").is_file() else []
     logger = MetricLogger(
         run,
