@@ -1,0 +1,98 @@
+"""`mmsearch-r1 demo [--out DIR] [--quick] [--seed N]`: world -> tiny model -> SFT -> eval -> GRPO with the
+search penalty -> eval -> report, on the CPU with nothing downloaded (docs/demo.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+_TITLES = {
+    "world": "1/7 build the world",
+    "model": "2/7 build the tiny model",
+    "sft": "3/7 SFT warm start",
+    "eval_sft": "4/7 evaluate after SFT",
+    "grpo": "5/7 GRPO with search penalty",
+    "eval_grpo": "6/7 evaluate after GRPO",
+    "report": "7/7 write the report",
+}
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from mmsearch_r1.world.demo import run_demo
+
+    hf_logging.disable_progress_bar()  # the demo shows its own bars; no per-file save/load bars
+
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with transformers
+        tqdm = None
+    bars: dict[str, object] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if args.no_progress or tqdm is None:
+            return
+        bar = bars.get(stage)
+        if bar is None:
+            for other in bars.values():
+                other.close()  # type: ignore[attr-defined]
+            bars.clear()
+            bar = bars[stage] = tqdm(total=total, desc=_TITLES.get(stage, stage), file=sys.stderr, leave=True)
+        if bar.total != total:  # type: ignore[attr-defined]
+            bar.total = total  # type: ignore[attr-defined]
+        bar.n = done  # type: ignore[attr-defined]
+        bar.refresh()  # type: ignore[attr-defined]
+
+    t0 = time.perf_counter()
+    try:
+        result = run_demo(
+            args.out,
+            seed=args.seed,
+            quick=args.quick,
+            config=args.config,
+            overrides=args.set,
+            progress=progress,
+        )
+    finally:
+        for bar in bars.values():
+            bar.close()  # type: ignore[attr-defined]
+    s = result.summary
+    print()
+    print(
+        f"mmsearch-r1 demo finished in {time.perf_counter() - t0:.0f} s ({'quick' if args.quick else 'default'} run)"
+    )
+    print()
+    print(f"{'test questions':24s} {'accuracy SFT -> GRPO':>22s} {'search ratio SFT -> GRPO':>26s}")
+    for g, label in (("head", "head (search-free)"), ("tail", "tail (search-required)"), ("all", "all")):
+        b, a = s["before"][g], s["after"][g]
+        print(
+            f"{label:24s} {b['acc']:>10.1%} -> {a['acc']:>7.1%}   {b['search_ratio']:>12.1%} -> {a['search_ratio']:>7.1%}"
+        )
+    print()
+    c = s["checks"]
+    print(
+        f"head search ratio change: {-c['head_search_drop_relative']:+.0%} relative; "
+        f"tail search ratio after GRPO: {s['after']['tail']['search_ratio']:.0%}"
+    )
+    print()
+    print(f"report:       {result.report_path}")
+    print(f"summary:      {result.summary_path}")
+    for key in ("curves", "before_after", "model_grpo", "world"):
+        if key in result.paths:
+            print(f"{key + ':':13s} {result.paths[key]}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the whole system end to end on a CPU: learn to search on demand")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a smaller world and fewer steps (a smoke run)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the world, the model and training (default 0)"
+    )
+    p.add_argument("--config", default=None, metavar="YAML", help="settings instead of the built-in ones")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_demo)

@@ -1,0 +1,109 @@
+"""`mmsearch-r1 demo --quick` end to end (a real subprocess), its report files and summary keys; the shipped demo
+configs match the built-in settings; the effect checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmsearch_r1.config_io import config_to_dict, load_config
+from mmsearch_r1.world.demo import DEMO_OVERRIDES, QUICK_OVERRIDES, STAGES, effect_checks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmsearch_r1.cli", "demo", "--quick", "--out", str(out), "--seed", "1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # progress bars for every stage, and the closing summary with the paths written
+    for title in ("1/7 build the world", "3/7 SFT warm start", "5/7 GRPO", "7/7 write the report"):
+        assert title in proc.stderr
+    assert "head (search-free)" in proc.stdout and "tail (search-required)" in proc.stdout
+    assert str(out / "report" / "report.md") in proc.stdout
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"seed", "quick", "world", "before", "after", "checks", "sft", "grpo", "paths", "wall_s"} <= set(
+        summary
+    )
+    assert summary["seed"] == 1 and summary["quick"] is True
+    for when in ("before", "after"):
+        for g in ("head", "tail", "all"):
+            m = summary[when][g]
+            assert (
+                set(m) == {"acc", "search_ratio", "n"} and 0 <= m["acc"] <= 1 and 0 <= m["search_ratio"] <= 1
+            )
+        assert summary[when]["head"]["n"] + summary[when]["tail"]["n"] == summary[when]["all"]["n"] > 0
+    assert set(summary["checks"]) == {
+        "accuracy_not_lower",
+        "accuracy_rises_head_or_tail",
+        "head_search_drop_relative",
+        "head_search_drops_30pct",
+        "tail_search_ratio_at_least_90pct",
+    }
+    assert set(STAGES) | {"total"} == set(summary["wall_s"])
+    assert summary["sft"]["steps"] == int(dict(o.split("=") for o in QUICK_OVERRIDES)["sft.max_steps"])
+    assert summary["grpo"]["steps"] == int(dict(o.split("=") for o in QUICK_OVERRIDES)["trainer.total_steps"])
+    for key in ("report", "curves", "before_after", "sft_report", "grpo_report", "eval_sft", "eval_grpo"):
+        assert Path(summary["paths"][key]).is_file(), key
+    for png in (
+        "demo_curves.png",
+        "before_after.png",
+        "grpo/reward.png",
+        "grpo/search.png",
+        "sft/optimization.png",
+    ):
+        data = (out / "report" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+    md = (out / "report" / "report.md").read_text()
+    assert "| head (search-free) |" in md and "| tail (search-required) |" in md
+    # the summary's figures are those of the evaluation files
+    ev = json.loads(Path(summary["paths"]["eval_grpo"]).read_text())
+    assert ev["by_source"]["world_head"]["search_ratio_any"] == summary["after"]["head"]["search_ratio"]
+    assert ev["by_source"]["world_tail"]["acc_em"] == summary["after"]["tail"]["acc"]
+    rows = [json.loads(line) for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "reward/mean" in r] == list(range(1, summary["grpo"]["steps"] + 1))
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"), [("demo.yaml", DEMO_OVERRIDES), ("demo_quick.yaml", QUICK_OVERRIDES)]
+)
+def test_shipped_configs_match_builtin_settings(name, overrides):
+    assert config_to_dict(load_config(ROOT / "configs" / name)) == config_to_dict(
+        load_config(None, overrides)
+    )
+
+
+def _fig(head_acc, head_sr, tail_acc, tail_sr):
+    n = 10
+    return {
+        "head": {"acc": head_acc, "search_ratio": head_sr, "n": n},
+        "tail": {"acc": tail_acc, "search_ratio": tail_sr, "n": n},
+        "all": {"acc": (head_acc + tail_acc) / 2, "search_ratio": (head_sr + tail_sr) / 2, "n": 2 * n},
+    }
+
+
+def test_effect_checks():
+    good = effect_checks(_fig(0.8, 0.5, 0.6, 0.9), _fig(0.9, 0.2, 0.6, 0.95))
+    assert good == {
+        "accuracy_not_lower": True,
+        "accuracy_rises_head_or_tail": True,
+        "head_search_drop_relative": 0.6,
+        "head_search_drops_30pct": True,
+        "tail_search_ratio_at_least_90pct": True,
+    }
+    bad = effect_checks(_fig(0.8, 0.5, 0.6, 0.9), _fig(0.8, 0.4, 0.5, 0.85))
+    assert bad["accuracy_not_lower"] is False and bad["accuracy_rises_head_or_tail"] is False
+    assert bad["head_search_drop_relative"] == 0.2 and bad["head_search_drops_30pct"] is False
+    assert bad["tail_search_ratio_at_least_90pct"] is False
+    assert effect_checks(_fig(1, 0, 1, 1), _fig(1, 0, 1, 1))["head_search_drop_relative"] == 0.0
