@@ -28,7 +28,13 @@ def test_resume_gives_identical_parameters(tiny_model_dir, tmp_path):
     from mmsearch_r1.rl.trainer import train
 
     world = build_world(tmp_path / "world")
-    extra = {"trainer.total_steps": 4, "trainer.save_every": 2, "trainer.keep_last": 1, "grpo.ppo_epochs": 2}
+    extra = {
+        "trainer.total_steps": 4,
+        "trainer.save_every": 2,
+        "trainer.keep_last": 1,
+        "grpo.ppo_epochs": 2,
+        "trainer.micro_batch_size": 4,
+    }
     straight = train(train_config(tiny_model_dir, world, tmp_path / "a", **extra), engine_hook=forced_hook())
 
     def stop_after_two(step, total, metrics):
