@@ -276,3 +276,25 @@ def test_grpo_raises_reward_on_a_one_token_answer_task(tmp_path, capsys):
         print("\ngolds", golds, "\nreward/mean by step", [round(c, 3) for c in curve])
     start, end = curve[0], sum(curve[-2:]) / 2
     assert end > start + 0.3 and end > 0.6, curve
+
+
+def test_train_cli_one_step(tiny_model_dir, world, tmp_path):
+    """`mmsearch-r1 train` as users run it (a subprocess, free sampling, no hook): one step, files written."""
+    import subprocess
+    import sys
+
+    overrides = {
+        "model.path": tiny_model_dir, "trainer.run_dir": tmp_path / "run", "trainer.total_steps": 1,
+        "trainer.prompts_per_step": 2, "trainer.mini_batch_prompts": 1, "trainer.micro_batch_size": 2,
+        "trainer.val_before_train": False, "rollout.n": 2, "rollout.max_new_tokens_per_turn": 16,
+        "rollout.max_prompt_tokens": 2000, "protocol.max_turns": 1, "grpo.kl_coef": 0.0, **world,
+    }  # fmt: skip
+    cmd = [sys.executable, "-m", "mmsearch_r1.cli", "train", "--no-progress"]
+    cmd += [f"{k}={v}" for k, v in overrides.items()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "final policy:" in proc.stdout
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1] and rows[0]["rollout/n_trajectories"] == 4
+    assert (tmp_path / "run" / "final" / "config.json").is_file()
+    assert (tmp_path / "run" / "config.yaml").is_file()
