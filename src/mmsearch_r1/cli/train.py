@@ -14,7 +14,10 @@ def _train(args: argparse.Namespace) -> int:
     from mmsearch_r1.config_io import load_config
     from mmsearch_r1.rl.trainer import train
 
-    cfg = load_config(args.config, args.overrides)
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not os.path.isfile(config):  # overrides only, no YAML
+        config, overrides = None, [config, *overrides]
+    cfg = load_config(config, overrides)
     main = int(os.environ.get("RANK", "0")) == 0
     bar = None
     try:
@@ -49,7 +52,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="GRPO training with search tools (torchrun for several processes)")
-    p.add_argument("config", nargs="?", default=None, help="YAML config (see configs/)")
+    p.add_argument("config", nargs="?", default=None, help="YAML config (see configs/); may be left out")
     p.add_argument("overrides", nargs="*", help="a.b=c overrides, e.g. trainer.total_steps=10")
     p.add_argument(
         "--resume", action="store_true", help="continue from the last checkpoint in trainer.run_dir"
