@@ -136,7 +136,7 @@ def test_search_tools_find_the_entity_and_its_facts(world_dir, manifest):
     res = tools["text_search"](ent["name"], sample)
     assert res.ok
     first = res.text.split("\n\n")[0]
-    assert f"/wiki/{ent['name']}" in first
+    assert f"/wiki/{ent['name'].replace(' ', '_')}" in first
     for key in ("place", "maker", "year"):
         assert str(ent[key]) in first
 
@@ -167,7 +167,7 @@ def test_sft_conversations_behaviours(world_dir, manifest):
         right[b] += exact_match(extract_final_answer(texts), s.answers.all())
     assert seen == {("head", "direct"), ("head", "search"), ("tail", "search"), ("tail", "guess")}
     assert right["direct"] == total["direct"]
-    assert right["guess"] == 0
+    assert right["guess"] <= 0.25 * total["guess"]  # a guessed fact from the small pools can be right
     assert right["search"] >= 0.9 * total["search"]
     assert manifest["counts"]["sft"] == {
         f"{g}/{b}": n

@@ -21,12 +21,16 @@ from mmsearch_r1.world.render import png_bytes, render
 BASE_URL = "https://world.example"
 
 
+def _slug(name: str) -> str:
+    return name.replace(" ", "_")
+
+
 def article(e: Entity) -> dict[str, str]:
     text = (
         f"{e.name} is a {e.kind}. {e.name} is in {e.place}. {e.name} was made by {e.maker}. "
         f"{e.name} was made in {e.year}."
     )
-    return {"url": f"{BASE_URL}/wiki/{e.name}", "title": e.name, "text": text}
+    return {"url": f"{BASE_URL}/wiki/{_slug(e.name)}", "title": e.name, "text": text}
 
 
 def distractor(e: Entity, other: Entity) -> dict[str, str]:
@@ -34,7 +38,7 @@ def distractor(e: Entity, other: Entity) -> dict[str, str]:
         f"Many visitors take photos of {e.name}. Some say {e.name} looks like {other.name}. "
         f"This forum has no facts about {e.name}."
     )
-    return {"url": f"{BASE_URL}/forum/{e.name}", "title": f"Photos of {e.name}", "text": text}
+    return {"url": f"{BASE_URL}/forum/{_slug(e.name)}", "title": f"Photos of {e.name}", "text": text}
 
 
 def pages(entities: list[Entity], seed: int) -> list[dict[str, str]]:

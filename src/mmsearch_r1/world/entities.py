@@ -1,9 +1,15 @@
 """Entities of the procedural world: names, facts and image identities, drawn deterministically from a seed.
 
 Every entity has a kind (statue, emblem, vessel, machine), a distinct image identity (`render.Identity`), a made-up
-one-word name, and three facts: the city it is in (`place`), the year it was made (`year`) and its maker
-(`maker`). Names, cities and makers are invented words from disjoint syllable pools, so no answer is guessable from
-English and a name is never also a city or a maker. Years lie in 1800-2019.
+two-word name ("Dobel Tarn") and three facts: the city it is in (`place`), the year it was made (`year`) and its
+maker (`maker`). Name words, cities and makers are invented words from disjoint syllable pools, so no answer is
+guessable from English and a name word is never also a city or a maker. Years come from a pool of `n_years`
+values in 1800-2019.
+
+Why two-word names from small word pools: a test tail entity's name is a new combination of words every model
+has seen in training, so a small model can copy it from search results word by word (a made-up one-word name
+per entity would be a token no model ever trained on, and uncopyable for a tiny one). Facts come from small
+pools for the same reason.
 
 Groups: "head" entities appear in every split (the model can learn to recognise them in warm-up); "tail" entities
 belong to exactly one split (train, val or test), so a test tail entity is never seen in training and can only be
@@ -53,8 +59,8 @@ class Entity:
         return str(getattr(self, attribute))
 
 
-def _entity_name(rng: random.Random) -> str:
-    n = rng.choice((2, 2, 3))
+def _name_word(rng: random.Random) -> str:
+    n = rng.choice((1, 2))
     word = "".join(rng.choice(_NAME_ON) + rng.choice(_NAME_VOW) for _ in range(n)) + rng.choice(_NAME_END)
     return word.capitalize()
 
@@ -87,6 +93,8 @@ def draw_entities(
     n_tail: dict[str, int],
     n_places: int = 12,
     n_makers: int = 12,
+    n_years: int = 16,
+    n_name_words: int = 14,
 ) -> list[Entity]:
     """Head entities (split "all") then tail entities per split, in a fixed order. Deterministic by `seed`."""
     rng = random.Random(f"world-entities-{seed}")
@@ -94,7 +102,12 @@ def draw_entities(
     taken: set[str] = set()
     places = _unique(rng, _place_name, n_places, taken)
     makers = _unique(rng, _maker_name, n_makers, taken)
-    names = _unique(rng, _entity_name, total, taken)
+    firsts = _unique(rng, _name_word, n_name_words, taken)
+    seconds = _unique(rng, _name_word, n_name_words, taken)
+    if total > len(firsts) * len(seconds):
+        raise ValueError(f"{total} entities need more than {n_name_words}**2 two-word names")
+    names = [f"{a} {b}" for a, b in rng.sample([(a, b) for a in firsts for b in seconds], total)]
+    years = sorted(rng.sample(range(1800, 2020), n_years))
     idents: list[Identity] = []
     keys: set[tuple] = set()
     while len(idents) < total:
@@ -116,7 +129,7 @@ def draw_entities(
                 kind=ident.kind,
                 identity=ident,
                 place=rng.choice(places),
-                year=str(rng.randint(1800, 2019)),
+                year=str(rng.choice(years)),
                 maker=rng.choice(makers),
                 group=group,
                 split=split,

@@ -2,11 +2,14 @@
 of when to search, written by running the real search tools and the rollout's own prompts.
 
 Behaviours (the assistant turns; `{n1}` is the name in the first image-search result title):
-- answer directly: "<reason>This {kind} is {name}. I know it.</reason><answer>{fact}</answer>";
-- image search: "<reason>I do not know this {kind}. I will search with the image.</reason><search><img></search>",
-  then for a name question "<reason>The first result is {n1}.</reason><answer>{n1}</answer>", for an attribute
-  "<reason>The first result is {n1}. I will search for its {attribute}.</reason><text_search>{n1}</text_search>",
-  then "<reason>The page about {n1} gives its {attribute}.</reason><answer>{fact of n1}</answer>";
+- answer directly: "<reason>I know it: {name}.</reason><answer> {fact}</answer>";
+- image search: "<reason>I do not know it. I will search with the image.</reason><search><img></search>",
+  then for a name question "<reason>The first result is {n1}.</reason><answer> {n1}</answer>", for an attribute
+  "<reason>The first result is {n1}.</reason><text_search> {n1}</text_search>", then
+  "<reason>The page about {n1} says it.</reason><answer> {fact of n1}</answer>";
+
+Names and facts are always written after a space, as they appear in the tools' results ("1. Dobel Tarn - statue",
+"Dobel Tarn is in Wyvik."), so they are the same tokens there and in the answer (the answer is stripped);
 - guess (a wrong direct answer): the direct form with another head entity of the same kind and its fact.
 
 The choice is imperfect on purpose, so that RL has something to learn: each head entity is searched with
@@ -35,11 +38,11 @@ class SFTPlan:
 
 
 def direct_turn(kind: str, name: str, answer: str) -> str:
-    return f"<reason>This {kind} is {name}. I know it.</reason><answer>{answer}</answer>"
+    return f"<reason>I know it: {name}.</reason><answer> {answer}</answer>"
 
 
 def image_search_turn(kind: str) -> str:
-    return f"<reason>I do not know this {kind}. I will search with the image.</reason><search><img></search>"
+    return "<reason>I do not know it. I will search with the image.</reason><search><img></search>"
 
 
 def first_title_name(result: ToolResult) -> str | None:
@@ -63,20 +66,17 @@ def search_turns(
         turns.append(("<reason>The results do not name it.</reason><answer>unknown</answer>", None))
         return turns
     if attribute == "name":
-        turns.append((f"<reason>The first result is {n1}.</reason><answer>{n1}</answer>", None))
+        turns.append((f"<reason>The first result is {n1}.</reason><answer> {n1}</answer>", None))
         return turns
     txt = tools["text_search"](n1, sample)
     turns.append(
         (
-            f"<reason>The first result is {n1}. I will search for its {attribute}.</reason>"
-            f"<text_search>{n1}</text_search>",
+            f"<reason>The first result is {n1}.</reason><text_search> {n1}</text_search>",
             txt,
         )
     )
     fact = by_name[n1].fact(attribute)
-    turns.append(
-        (f"<reason>The page about {n1} gives its {attribute}.</reason><answer>{fact}</answer>", None)
-    )
+    turns.append((f"<reason>The page about {n1} says it.</reason><answer> {fact}</answer>", None))
     return turns
 
 
