@@ -47,11 +47,12 @@ COMPACT_PROMPT_SET = str(Path(__file__).resolve().with_name("prompts"))
 @dataclass
 class WorldSpec:
     n_head: int = 16
-    n_tail_train: int = 96
+    n_tail_train: int = 384
     n_tail_val: int = 8
     n_tail_test: int = 16
     head_renderings_train: int = 6  # questions per (head entity, attribute) in train
     tail_renderings_train: int = 1
+    tail_attributes_train: int = 1  # asked facts per train tail entity (fewer: less to memorise, more to read)
     max_val_head: int = 16  # val questions per group (a seeded subset)
     max_val_tail: int = 16
     pictures_per_entity: int = 2
@@ -64,7 +65,7 @@ SIZES: dict[str, WorldSpec] = {
     "default": WorldSpec(),
     "small": WorldSpec(
         n_head=8,
-        n_tail_train=32,
+        n_tail_train=128,
         n_tail_val=4,
         n_tail_test=6,
         head_renderings_train=4,
@@ -161,7 +162,13 @@ def build_world(
     )
     splits = {
         "train": make_split(
-            "train", entities, sp.head_renderings_train, sp.tail_renderings_train, seed, sp.image_size
+            "train",
+            entities,
+            sp.head_renderings_train,
+            sp.tail_renderings_train,
+            seed,
+            sp.image_size,
+            tail_attributes=sp.tail_attributes_train,
         ),
         "val": make_split(
             "val", entities, 1, 1, seed, sp.image_size, max_head=sp.max_val_head, max_tail=sp.max_val_tail

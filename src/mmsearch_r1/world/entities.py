@@ -94,7 +94,7 @@ def draw_entities(
     n_places: int = 12,
     n_makers: int = 12,
     n_years: int = 16,
-    n_name_words: int = 14,
+    n_name_words: int = 24,
 ) -> list[Entity]:
     """Head entities (split "all") then tail entities per split, in a fixed order. Deterministic by `seed`."""
     rng = random.Random(f"world-entities-{seed}")

@@ -57,17 +57,24 @@ def make_split(
     image_size: int,
     max_head: int | None = None,
     max_tail: int | None = None,
+    tail_attributes: int = len(ASKED),
 ) -> list[Sample]:
     """The questions of one split: every asked fact of every head entity (`head_renderings` times each) and of
-    the split's own tail entities (`tail_renderings` times), optionally capped per group (a seeded subset), then
-    shuffled with the seed."""
+    the split's own tail entities (`tail_renderings` times; only `tail_attributes` of the asked facts per tail
+    entity, taken in turn), optionally capped per group (a seeded subset), then shuffled with the seed.
+
+    Few questions per training tail entity keep a model from memorising their facts, so that it learns to read
+    them from the search results instead."""
     rng = random.Random(f"world-questions-{seed}-{split}")
     plan: dict[str, list[tuple[Entity, str]]] = {"head": [], "tail": []}
+    n_tail = 0
     for e in entities:
         if e.group == "head":
             plan["head"] += [(e, a) for _ in range(head_renderings) for a in ASKED]
         elif e.split == split:
-            plan["tail"] += [(e, a) for _ in range(tail_renderings) for a in ASKED]
+            asked = [ASKED[(n_tail + k) % len(ASKED)] for k in range(tail_attributes)]
+            plan["tail"] += [(e, a) for _ in range(tail_renderings) for a in asked]
+            n_tail += 1
     for group, cap in (("head", max_head), ("tail", max_tail)):
         if cap is not None and len(plan[group]) > cap:
             plan[group] = rng.sample(plan[group], cap)
