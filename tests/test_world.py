@@ -132,13 +132,15 @@ def test_search_tools_find_the_entity_and_its_facts(world_dir, manifest):
         hits += first_title_name(res) == s.extra_info["name"]
     assert hits / len(tail) >= 0.9, (hits, len(tail))
     ent = next(e for e in manifest["entities"] if e["group"] == "tail" and e["split"] == "test")
-    sample = make_sample(draw_entities(SEED, 1, {})[0], "year", random.Random(0), "q", 56)
-    res = tools["text_search"](ent["name"], sample)
-    assert res.ok
-    first = res.text.split("\n\n")[0]
-    assert f"/wiki/{ent['name'].replace(' ', '_')}" in first
     for key in ("place", "maker", "year"):
-        assert str(ent[key]) in first
+        # the one-sentence summary of the entity's article answers the question asked, and only it
+        sample = make_sample(draw_entities(SEED, 1, {})[0], key, random.Random(0), "q", 56)
+        res = tools["text_search"](ent["name"], sample)
+        assert res.ok
+        first = res.text.split("\n\n")[0]
+        assert f"/wiki/{ent['name'].replace(' ', '_')}" in first
+        assert first.rstrip().endswith(f" {ent[key]}."), first
+        assert all(str(ent[k]) not in first for k in ("place", "maker", "year") if k != key)
 
 
 def test_sft_conversations_behaviours(world_dir, manifest):

@@ -5,7 +5,8 @@ Layout of `out_dir`:
 - `data/{train,val,test}.parquet`: questions in the released schema (`data_id`, `category`, `data_source`);
 - `corpus/pages.jsonl`, `corpus/images.jsonl` + `corpus/images/`: the web (see `world.corpus`);
 - `index/text/`, `index/image/`: the BM25 text index and the image index (`mmsearch-r1 search index` layout);
-- `search.yaml`: a config fragment: `search:` points both tools at those indexes, `rollout.prompt_set` names
+- `search.yaml`: a config fragment: `search:` points both tools at those indexes (the extractive summarizer
+  keeps the one sentence of a page that best matches the question), `rollout.prompt_set` names
   the prompt set the SFT conversations were written with (the demo's compact set, `world/prompts/`, unless
   another is given), so RL and eval show the model the same turns;
 - `tokenizer_corpus.txt`: every text a model will read or write here (prompts, questions, pages, titles, SFT
@@ -52,7 +53,9 @@ class WorldSpec:
     n_tail_test: int = 16
     head_renderings_train: int = 6  # questions per (head entity, attribute) in train
     tail_renderings_train: int = 1
-    tail_attributes_train: int = 1  # asked facts per train tail entity (fewer: less to memorise, more to read)
+    tail_attributes_train: int = (
+        1  # asked facts per train tail entity (fewer: less to memorise, more to read)
+    )
     max_val_head: int = 16  # val questions per group (a seeded subset)
     max_val_tail: int = 16
     pictures_per_entity: int = 2
@@ -113,7 +116,7 @@ def _search_yaml(index: Path, top_k: int, prompt_set: str) -> str:
         "# its SFT conversations were written with.\n"
         "search:\n"
         f"  top_k: {top_k}\n"
-        f"  text_backend: {{type: local, index_dir: {idx}}}\n"
+        f"  text_backend: {{type: local, index_dir: {idx}, summarizer: {{type: extractive, max_sentences: 1}}}}\n"
         f"  image_backend: {{type: local, index_dir: {idx}}}\n"
         "rollout:\n"
         f"  prompt_set: {json.dumps(prompt_set)}\n"

@@ -1,8 +1,10 @@
 """The world's web: text pages (for the BM25 text index) and titled pictures (for the image index).
 
 Pages, one JSON a line (`url`, `title`, `text`):
-- an article per entity, the only page that states its facts:
-  "Dobel is a statue. Dobel is in Wyvik. Dobel was made by Jiaard. Dobel was made in 1926.";
+- an article per entity, the only page that states its facts, one fact a sentence, each sentence sharing a word
+  with its question's template and no other ("city", "made", "year"/"built"), so the extractive summarizer
+  (kept to one sentence by the world's search config) returns the sentence that answers:
+  "Dobel Tarn is in the city of Wyvik. Dobel Tarn was made by Jiaard. Dobel Tarn was built in the year 1926.";
 - a distractor per entity that names it (and another entity) but states none of its facts;
 - a page per city and per maker that names no entity.
 Pictures: `renderings_per_entity` renderings of every entity (vary 0.35, not the question images), each titled
@@ -27,8 +29,8 @@ def _slug(name: str) -> str:
 
 def article(e: Entity) -> dict[str, str]:
     text = (
-        f"{e.name} is a {e.kind}. {e.name} is in {e.place}. {e.name} was made by {e.maker}. "
-        f"{e.name} was made in {e.year}."
+        f"{e.name} is in the city of {e.place}. {e.name} was made by {e.maker}. "
+        f"{e.name} was built in the year {e.year}."
     )
     return {"url": f"{BASE_URL}/wiki/{_slug(e.name)}", "title": e.name, "text": text}
 

@@ -3,7 +3,7 @@
 Templates (one per asked fact; `{kind}` is the entity's kind):
 - name: "What is the name of this {kind}?" (a tail entity needs image search only: the result titles name it)
 - place: "In which city is this {kind}?"
-- year: "In which year was this {kind} made?"
+- year: "In which year was this {kind} built?"
 - maker: "Who made this {kind}?" (the three attributes need image search, then a text search for the name)
 
 Each question shows a fresh rendering of the entity (`render(..., vary=1.0)`), never an indexed image. Head
@@ -22,7 +22,7 @@ from mmsearch_r1.world.render import png_bytes, render
 TEMPLATES: dict[str, str] = {
     "name": "What is the name of this {kind}?",
     "place": "In which city is this {kind}?",
-    "year": "In which year was this {kind} made?",
+    "year": "In which year was this {kind} built?",
     "maker": "Who made this {kind}?",
 }
 ASKED = tuple(TEMPLATES)
