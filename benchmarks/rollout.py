@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--sampled-tokens", type=int, default=16, help="tokens the model samples per turn")
     ap.add_argument("--max-batch-size", type=int, default=64, help="generation batch cap (both schedules)")
+    ap.add_argument(
+        "--coalesce-s", type=float, default=None, help="rollout.coalesce_s (default: the library default)"
+    )
     ap.add_argument("--repeats", type=int, default=3, help="runs per schedule, interleaved; medians reported")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -238,6 +241,8 @@ def bench(args: argparse.Namespace, model: Any, renderer: Any, samples: list[Sam
             schedule=schedule,
             max_batch_size=args.max_batch_size,
         )
+        if args.coalesce_s is not None:
+            rcfg.coalesce_s = args.coalesce_s
         t = time.perf_counter()
         trajs = run_rollouts(
             samples,
@@ -298,6 +303,7 @@ def report(args: argparse.Namespace, results: dict) -> None:
                 "latency_mean_s": args.latency,
                 "latency_dist": args.dist,
                 "tools": args.backend,
+                "coalesce_s": RolloutConfig().coalesce_s if args.coalesce_s is None else args.coalesce_s,
                 "tool_errors": a["tool_errors"] + r["tool_errors"],
                 "async_wall_s": round(a["wall_s"], 4),
                 "critical_path_bound_s": round(a["bound_s"], 4),

@@ -19,7 +19,7 @@ from mmsearch_r1.world.build import SIZES, build_world, spec_for
 from mmsearch_r1.world.entities import draw_entities
 from mmsearch_r1.world.questions import make_sample
 from mmsearch_r1.world.render import render
-from mmsearch_r1.world.sft import first_title_name
+from mmsearch_r1.world.sft import UNKNOWN, first_title_name
 
 SEED = 3
 
@@ -149,6 +149,9 @@ def test_sft_conversations_behaviours(world_dir, manifest):
     assert len(convs) == len(train)
     by_id = {f"sft-{s.id}": s for s in train}
     seen = set()
+    entity_name = {e["id"]: e["name"] for e in manifest["entities"]}
+    head_names = {e["name"] for e in manifest["entities"] if e["group"] == "head"}
+    by_attr: dict[tuple[str, str], list[bool]] = {}
     right = {"direct": 0, "search": 0, "guess": 0}
     total = {"direct": 0, "search": 0, "guess": 0}
     for c in convs:
@@ -165,12 +168,27 @@ def test_sft_conversations_behaviours(world_dir, manifest):
             assert "<information>" in c.messages[2].text
         else:
             assert n_img == n_txt == 0 and len(texts) == 1
+        # the reasoning starts with what is recognised: a head entity's own name, "Unknown" for a searched tail
+        # one, a (wrong) head name for a guess
+        first = texts[0].removeprefix("<reason> ").split(":")[0]
+        if c.meta["group"] == "head":
+            assert first == entity_name[s.extra_info["entity"]]
+        elif b == "search":
+            assert first == UNKNOWN
+        else:
+            assert first in head_names and first != entity_name[s.extra_info["entity"]]
+        by_attr.setdefault((c.meta["group"], s.extra_info["attribute"]), []).append(b == "search")
         total[b] += 1
         right[b] += exact_match(extract_final_answer(texts), s.answers.all())
     assert seen == {("head", "direct"), ("head", "search"), ("tail", "search"), ("tail", "guess")}
     assert right["direct"] == total["direct"]
     assert right["guess"] <= 0.25 * total["guess"]  # a guessed fact from the small pools can be right
     assert right["search"] >= 0.9 * total["search"]
+    # the imperfect choice: head name and city questions mostly answered, head year and maker mostly searched
+    rate = {k: sum(v) / len(v) for k, v in by_attr.items()}
+    assert rate[("head", "name")] < 0.3 and rate[("head", "place")] < 0.3
+    assert rate[("head", "year")] > 0.6 and rate[("head", "maker")] > 0.6
+    assert all(rate[("tail", a)] > 0.6 for a in ("name", "place", "year", "maker"))
     assert manifest["counts"]["sft"] == {
         f"{g}/{b}": n
         for (g, b), n in __import__("collections")

@@ -4,9 +4,11 @@
 rows of a step (all ranks' rows, gathered) into the documented keys (docs/training.md):
 
 - `reward/{mean,acc,format,penalty}`: means of the reward total and its components over trajectories;
-- `acc/<data_source>`: answer accuracy per data source;
+- `acc/<data_source>`: answer accuracy per data source; `acc/searched`, `acc/direct`: accuracy of the
+  trajectories that searched / answered without searching (0 when there are none);
 - `search/{ratio_any,ratio_image_only,ratio_text_only,ratio_both,per_traj}`: share of trajectories that made
-  any / only image / only text / both kinds of search; searches per trajectory;
+  any / only image / only text / both kinds of search; searches per trajectory; `search/ratio_any/<data_source>`:
+  the share that searched, per data source;
 - `tool/{error_ratio_image,error_ratio_text}`: failed calls / calls of each tool (0 without calls);
 - `rollout/{turns_mean,assistant_tokens_mean,response_tokens_mean,finish_<reason>}`: turns, sampled
   (mask-1) tokens and all response tokens per trajectory, share of each finish reason.
@@ -65,11 +67,16 @@ def rollout_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         "reward/format": _mean([r["format"] for r in rows]),
         "reward/penalty": _mean([r["penalty"] for r in rows]),
     }
-    by_source: dict[str, list[float]] = defaultdict(list)
+    by_source: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:
-        by_source[r["source"]].append(r["acc"])
-    for src, accs in sorted(by_source.items()):
-        out[f"acc/{src}"] = _mean(accs)
+        by_source[r["source"]].append(r)
+    for src, rs in sorted(by_source.items()):
+        out[f"acc/{src}"] = _mean([r["acc"] for r in rs])
+        out[f"search/ratio_any/{src}"] = _mean([float(r["n_image"] + r["n_text"] > 0) for r in rs])
+    searched = [r["acc"] for r in rows if r["n_image"] + r["n_text"] > 0]
+    direct = [r["acc"] for r in rows if r["n_image"] + r["n_text"] == 0]
+    out["acc/searched"] = _mean(searched)
+    out["acc/direct"] = _mean(direct)
     img = [r["n_image"] > 0 for r in rows]
     txt = [r["n_text"] > 0 for r in rows]
     out["search/ratio_any"] = _mean([float(a or b) for a, b in zip(img, txt, strict=True)])

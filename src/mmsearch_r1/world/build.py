@@ -47,11 +47,12 @@ COMPACT_PROMPT_SET = str(Path(__file__).resolve().with_name("prompts"))
 
 @dataclass
 class WorldSpec:
-    n_head: int = 16
-    n_tail_train: int = 384
+    n_head: int = 8
+    n_tail_train: int = 1200
     n_tail_val: int = 8
     n_tail_test: int = 16
-    head_renderings_train: int = 6  # questions per (head entity, attribute) in train
+    head_renderings_train: int = 12  # questions per (head entity, attribute) in train
+    head_renderings_test: int = 2  # and in test (val: 1)
     tail_renderings_train: int = 1
     tail_attributes_train: int = (
         1  # asked facts per train tail entity (fewer: less to memorise, more to read)
@@ -59,6 +60,7 @@ class WorldSpec:
     max_val_head: int = 16  # val questions per group (a seeded subset)
     max_val_tail: int = 16
     pictures_per_entity: int = 2
+    n_name_words: int = 40  # two-word names from n_name_words**2 combinations
     image_size: int = 56
     top_k: int = 3  # search results shown per call (both tools)
     sft: SFTPlan = field(default_factory=SFTPlan)
@@ -67,11 +69,12 @@ class WorldSpec:
 SIZES: dict[str, WorldSpec] = {
     "default": WorldSpec(),
     "small": WorldSpec(
-        n_head=8,
+        n_head=4,
         n_tail_train=128,
         n_tail_val=4,
         n_tail_test=6,
-        head_renderings_train=4,
+        head_renderings_train=8,
+        head_renderings_test=1,
         max_val_head=8,
         max_val_tail=8,
     ),
@@ -161,7 +164,10 @@ def build_world(
     # -- entities and questions ------------------------------------------------------------------------------
     tick("entities", 0, 1)
     entities = draw_entities(
-        seed, sp.n_head, {"train": sp.n_tail_train, "val": sp.n_tail_val, "test": sp.n_tail_test}
+        seed,
+        sp.n_head,
+        {"train": sp.n_tail_train, "val": sp.n_tail_val, "test": sp.n_tail_test},
+        n_name_words=sp.n_name_words,
     )
     splits = {
         "train": make_split(
@@ -176,7 +182,7 @@ def build_world(
         "val": make_split(
             "val", entities, 1, 1, seed, sp.image_size, max_head=sp.max_val_head, max_tail=sp.max_val_tail
         ),
-        "test": make_split("test", entities, 1, 1, seed, sp.image_size),
+        "test": make_split("test", entities, sp.head_renderings_test, 1, seed, sp.image_size),
     }
     paths = {
         name: write_samples(samples, root / "data" / f"{name}.parquet") for name, samples in splits.items()

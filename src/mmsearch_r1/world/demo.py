@@ -55,18 +55,18 @@ _COMMON = (
     "sft.max_length=512",
 )
 DEMO_OVERRIDES: tuple[str, ...] = _COMMON + (
-    "sft.max_steps=1200",
+    "sft.max_steps=2500",
     "sft.batch_size=8",
     "sft.micro_batch_size=8",
     "sft.lr=3e-3",
     "sft.log_every=10",
-    "trainer.total_steps=12",
-    "trainer.prompts_per_step=8",
-    "trainer.mini_batch_prompts=8",
+    "trainer.total_steps=40",
+    "trainer.prompts_per_step=16",
+    "trainer.mini_batch_prompts=16",
     "trainer.micro_batch_size=24",
-    "trainer.val_every=4",
+    "trainer.val_every=10",
     "rollout.n=6",
-    "optim.lr=5e-4",
+    "optim.lr=1e-4",
 )
 QUICK_OVERRIDES: tuple[str, ...] = _COMMON + (
     "sft.max_steps=150",

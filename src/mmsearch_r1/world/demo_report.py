@@ -3,8 +3,8 @@ own plots and the SFT and GRPO run reports (`eval.report.render_report`).
 
 Plots (matplotlib Agg through its object API):
 - `demo_curves.png`: GRPO training reward (mean and accuracy component); accuracy over steps (training rollouts
-  per data source, and greedy validation on world_head / world_tail); search ratio over steps (training rollouts,
-  and validation per group);
+  per data source, and greedy validation on world_head / world_tail); search ratio over steps (training rollouts
+  and greedy validation, per group);
 - `before_after.png`: test accuracy and search ratio of head and tail questions, after SFT and after GRPO.
 """
 
@@ -50,7 +50,8 @@ def _plot_curves(rows: list[dict[str, Any]], path: Path) -> Path:
             "Search ratio",
             "share of answers that searched",
             [
-                ("search/ratio_any", "train rollouts: all", "-"),
+                ("search/ratio_any/world_head", "train rollouts: head", "-"),
+                ("search/ratio_any/world_tail", "train rollouts: tail", "-"),
                 ("val/world_head/search_ratio", "validation: head", "o--"),
                 ("val/world_tail/search_ratio", "validation: tail", "s--"),
             ],
