@@ -55,7 +55,7 @@ _COMMON = (
     "sft.max_length=512",
 )
 DEMO_OVERRIDES: tuple[str, ...] = _COMMON + (
-    "sft.max_steps=2500",
+    "sft.max_steps=3200",
     "sft.batch_size=8",
     "sft.micro_batch_size=8",
     "sft.lr=3e-3",
