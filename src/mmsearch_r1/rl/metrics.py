@@ -58,6 +58,10 @@ def _mean(xs: Sequence[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else 0.0
 
 
+def _searched(row: Mapping[str, Any]) -> bool:
+    return row["n_image"] + row["n_text"] > 0
+
+
 def rollout_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Step metrics from trajectory rows (see the module docstring for the keys)."""
     n = len(rows)
@@ -72,11 +76,9 @@ def rollout_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         by_source[r["source"]].append(r)
     for src, rs in sorted(by_source.items()):
         out[f"acc/{src}"] = _mean([r["acc"] for r in rs])
-        out[f"search/ratio_any/{src}"] = _mean([float(r["n_image"] + r["n_text"] > 0) for r in rs])
-    searched = [r["acc"] for r in rows if r["n_image"] + r["n_text"] > 0]
-    direct = [r["acc"] for r in rows if r["n_image"] + r["n_text"] == 0]
-    out["acc/searched"] = _mean(searched)
-    out["acc/direct"] = _mean(direct)
+        out[f"search/ratio_any/{src}"] = _mean([float(_searched(r)) for r in rs])
+    out["acc/searched"] = _mean([r["acc"] for r in rows if _searched(r)])
+    out["acc/direct"] = _mean([r["acc"] for r in rows if not _searched(r)])
     img = [r["n_image"] > 0 for r in rows]
     txt = [r["n_text"] > 0 for r in rows]
     out["search/ratio_any"] = _mean([float(a or b) for a, b in zip(img, txt, strict=True)])
