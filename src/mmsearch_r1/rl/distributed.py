@@ -10,6 +10,10 @@ final norm and lm_head too). FSDP averages gradients over ranks; the trainer mul
 world size and uses a global token normalizer, so the update equals the single-process one on the same global
 batch.
 
+Weight export: `iter_full_params(policy, info)` yields the policy's full tensors one at a time (a sharded
+parameter is gathered, handed out, and can be dropped before the next), for loading into a generation engine
+without ever holding a full unsharded copy of the model.
+
 Reductions: `all_reduce_sums` (float sums over ranks), `all_gather_objects` (small Python records, e.g. the
 per-trajectory metric rows), `barrier`.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +89,30 @@ def shard_policy(policy: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
         fully_shard(block)
     fully_shard(policy)
     return policy
+
+
+def iter_full_params(
+    policy: torch.nn.Module, info: DistInfo, *, prefix: str = "model."
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor) for every parameter and persistent buffer of `policy`, one at a time.
+
+    Names are the wrapped HF model's own (the wrapper `prefix` removed). Under FSDP2 each sharded tensor (a
+    DTensor) is all-gathered when its turn comes, so every rank must iterate in the same order and to the end;
+    the caller should drop each tensor before asking for the next. Single process: the live tensors, detached.
+    """
+    named = list(policy.named_parameters()) + [
+        (n, b) for n, b in policy.named_buffers() if n.split(".")[-1] not in _nonpersistent(policy, n)
+    ]
+    for name, t in named:
+        t = t.detach()
+        if hasattr(t, "full_tensor"):
+            t = t.full_tensor()
+        yield name.removeprefix(prefix), t
+
+
+def _nonpersistent(policy: torch.nn.Module, buffer_name: str) -> set[str]:
+    owner = policy.get_submodule(buffer_name.rpartition(".")[0]) if "." in buffer_name else policy
+    return set(getattr(owner, "_non_persistent_buffers_set", ()))
 
 
 def all_reduce_sums(values: list[float], info: DistInfo) -> list[float]:

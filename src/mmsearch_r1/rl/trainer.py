@@ -154,7 +154,7 @@ def train(
         raise ValueError(f"no training samples in {cfg.data.train_files}")
     by_id = {s.id: s for s in samples}
     tools = build_tools(cfg.search)
-    engine = HFEngine(gen_model, renderer)
+    engine = gen_engine = HFEngine(gen_model, renderer)
     if engine_hook is not None:
         engine = engine_hook(engine, renderer)
 
@@ -176,8 +176,8 @@ def train(
             raise FileNotFoundError(f"--resume: no checkpoint under {run / 'checkpoints'}")
         state = ckpt.load_checkpoint(last, policy=policy, optimizer=optimizer, scheduler=scheduler, info=info)
         start, data_pos = state["step"], state["data_position"]
-        if info.enabled:
-            gen_model.load_state_dict(ckpt.full_model_state(policy, info))
+        if gen_model is not model:
+            gen_engine.load_weights(D.iter_full_params(policy, info))
     logger = None
     if info.is_main:
         old = read_metrics(run / "metrics.jsonl") if resume and (run / "metrics.jsonl").is_file() else []
@@ -319,8 +319,8 @@ def train(
                 optimizer.step()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        if info.enabled:  # the rollout copy gets the new weights
-            gen_model.load_state_dict(ckpt.full_model_state(policy, info))
+        if gen_model is not model:  # the rollout copy gets the new weights, one tensor at a time
+            gen_engine.load_weights(D.iter_full_params(policy, info))
         metrics["perf/time_update_s"] = time.perf_counter() - t0
         # ================================================================ log
         names = list(sums)

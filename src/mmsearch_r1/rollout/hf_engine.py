@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -97,6 +97,26 @@ class HFEngine:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Copy (name, tensor) pairs into the engine's model in place, one at a time; returns how many.
+
+        Names are the HF model's state-dict names. An unknown name or a shape mismatch is a ValueError naming it,
+        so a policy/engine mismatch cannot go unnoticed.
+        """
+        own = dict(self.model.named_parameters())
+        own.update(dict(self.model.named_buffers()))
+        n = 0
+        for name, t in named:
+            dst = own.get(name)
+            if dst is None:
+                raise ValueError(f"load_weights: the engine's model has no tensor {name!r}")
+            if dst.shape != t.shape:
+                raise ValueError(f"load_weights: {name!r} has shape {tuple(t.shape)}, engine {tuple(dst.shape)}")
+            dst.copy_(t.to(device=dst.device, dtype=dst.dtype))
+            n += 1
+        return n
 
     def _images(self, requests: Sequence[GenerationRequest]) -> tuple[Any, Any]:
         pixels, grids = [], []
