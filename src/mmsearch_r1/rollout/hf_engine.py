@@ -113,7 +113,9 @@ class HFEngine:
             if dst is None:
                 raise ValueError(f"load_weights: the engine's model has no tensor {name!r}")
             if dst.shape != t.shape:
-                raise ValueError(f"load_weights: {name!r} has shape {tuple(t.shape)}, engine {tuple(dst.shape)}")
+                raise ValueError(
+                    f"load_weights: {name!r} has shape {tuple(t.shape)}, engine {tuple(dst.shape)}"
+                )
             dst.copy_(t.to(device=dst.device, dtype=dst.dtype))
             n += 1
         return n
