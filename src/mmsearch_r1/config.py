@@ -18,8 +18,11 @@ class ProtocolConfig:
     """Turn and search limits. Paper defaults: 3 assistant turns, 2 searches, image search only in turn 1.
 
     The released script allowed 1 image search and 2 text searches; set max_text_searches=2 for that.
+    `profile`: "default" (strict parsing, refusal turns, Unicode-aware matching) or "original" (the released
+    code's turn rules, format score and answer normalisation; docs/protocol_and_reward.md lists every difference).
     """
 
+    profile: str = "default"  # default | original
     max_turns: int = 3
     max_searches: int = 2
     max_image_searches: int = 1

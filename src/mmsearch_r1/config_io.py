@@ -127,6 +127,7 @@ UNSUPPORTED_PREFIXES: dict[str, str] = {
 
 ENUMS: dict[str, tuple[str, ...]] = {
     "reward.mode": ("EM", "SubEM"),
+    "protocol.profile": ("default", "original"),
     "optim.schedule": ("constant", "cosine", "sigmoid"),
     "grpo.loss_agg": ("token_mean", "seq_mean_token_mean"),
     "grpo.adv_estimator": ("grpo", "grpo_mean"),

@@ -17,6 +17,8 @@ Three levels of checking:
   `ProtocolConfig`? Returns None or the reason it is refused (the agent loop shows it to the model).
 - `validate_turns(turns, cfg)`: the whole trajectory, as the format reward sees it. With the paper defaults the
   only valid action sequences are [answer], [image, answer], [text, answer], [image, text, answer].
+The last two, and what follows a turn (`next_step`), live in `turns.py` (re-exported here); the original
+code's parsing rules (profile "original") are in `protocol_original.py`.
 
 Choices this module makes where the paper is silent (all documented in `parse_turn`): whitespace is tolerated
 between the tags of `<search><img></search>`; tags are case-sensitive; a protocol tag inside reasoning, an answer
@@ -28,9 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
-
-from mmsearch_r1.config import ProtocolConfig
+from typing import Any, Literal
 
 # Every tag of the wire format. The tools strip these from web text so a page cannot forge an action.
 PROTOCOL_TAG_NAMES: tuple[str, ...] = ("reason", "answer", "search", "img", "text_search", "information")
@@ -176,71 +176,6 @@ def parse_turn(text: str) -> Action:
     return action
 
 
-def check_action(
-    previous: Sequence[Action], action: Action, turn_index: int, cfg: ProtocolConfig
-) -> str | None:
-    """Return None if `action` may be carried out now, else the reason it is refused (one sentence).
-
-    `previous`: the actions carried out in earlier assistant turns of this trajectory (invalid actions in it
-    are ignored; do not pass searches that were refused). `turn_index`: 0-based index of this assistant turn
-    (0 = first turn); it can exceed `len(previous)` when earlier turns were refused.
-
-    Checked in order: invalid action (its own reason); turn beyond `max_turns`; for a search: the last allowed
-    turn (an answer is due), image search outside the first turn (when `image_search_first_turn_only`), the
-    per-kind limit (`max_image_searches` / `max_text_searches`), the total `max_searches`. Answers are
-    always allowed within the turn limit.
-    """
-    if action.kind == "invalid":
-        return action.reason or "the action is not valid"
-    if turn_index < 0:
-        raise ValueError(f"turn_index must be >= 0, got {turn_index}")
-    if turn_index >= cfg.max_turns:
-        return f"turn {turn_index + 1} is beyond the limit of {cfg.max_turns} assistant turns"
-    if action.kind == "answer":
-        return None
-    if turn_index == cfg.max_turns - 1:
-        return f"this is the last allowed turn ({turn_index + 1} of {cfg.max_turns}): an answer is due, no more searches"
-    n_image, n_text = count_searches(previous)
-    if action.kind == "image_search":
-        if cfg.image_search_first_turn_only and turn_index > 0:
-            return "image search is only allowed in the first turn"
-        if n_image >= cfg.max_image_searches:
-            return f"image search limit reached ({n_image} of {cfg.max_image_searches} used)"
-    else:
-        if n_text >= cfg.max_text_searches:
-            return f"text search limit reached ({n_text} of {cfg.max_text_searches} used)"
-    if n_image + n_text >= cfg.max_searches:
-        return f"search limit reached ({n_image + n_text} of {cfg.max_searches} used)"
-    return None
-
-
-def validate_turns(turns: Sequence[str], cfg: ProtocolConfig) -> FormatCheck:
-    """Check a whole trajectory's assistant turns (the format reward is 1 exactly when `ok`).
-
-    Valid when: there is at least one turn and at most `max_turns`; every turn parses (`parse_turn`); every
-    action is allowed when it is made (`check_action`, given the actions before it); every turn but the last is
-    a search; the last is an answer. `actions` always holds one parsed action per turn; `reason` names the first
-    problem as "turn N: ..." (1-based).
-    """
-    actions = [parse_turn(t) for t in turns]
-    if not actions:
-        return FormatCheck(False, actions, "no assistant turns")
-    if len(actions) > cfg.max_turns:
-        return FormatCheck(
-            False, actions, f"{len(actions)} assistant turns, more than max_turns={cfg.max_turns}"
-        )
-    for i, action in enumerate(actions):
-        refusal = check_action(actions[:i], action, i, cfg)
-        if refusal is not None:
-            return FormatCheck(False, actions, f"turn {i + 1}: {refusal}")
-        last = i == len(actions) - 1
-        if not last and action.kind == "answer":
-            return FormatCheck(False, actions, f"turn {i + 1}: answered, but the trajectory went on")
-        if last and action.kind != "answer":
-            return FormatCheck(False, actions, f"turn {i + 1}: the last turn is a search, not an answer")
-    return FormatCheck(True, actions, None)
-
-
 def extract_final_answer(turns: Sequence[str]) -> str | None:
     """The content of the last `<answer>...</answer>` in the LAST turn, stripped; None if absent or empty.
 
@@ -268,6 +203,15 @@ def count_searches(actions: Sequence[Action]) -> tuple[int, int]:
     n_image = sum(1 for a in actions if a.kind == "image_search")
     n_text = sum(1 for a in actions if a.kind == "text_search")
     return n_image, n_text
+
+
+def __getattr__(name: str) -> Any:
+    """`check_action` and `validate_turns` moved to `turns.py`; they stay importable from here."""
+    if name in ("check_action", "validate_turns"):
+        from mmsearch_r1 import turns
+
+        return getattr(turns, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------- helpers

@@ -9,11 +9,17 @@ the paper. Accents are kept ("café" != "cafe").
 
 A prediction that normalizes to "" never matches, and a gold answer that normalizes to "" (for example "The")
 is ignored: otherwise an empty answer would count as correct, and with SubEM an empty gold would match anything.
+
+The original profile (`ProtocolConfig.profile = "original"`) matches with `normalize_answer_original`: plain
+`str.lower`, only ASCII punctuation dropped (Unicode punctuation is kept), the words a/an/the dropped where they
+stand between word boundaries, whitespace collapsed; and `exact_match_original` / `sub_exact_match_original`
+let strings that normalise to the same value match, even when that value is empty.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import string
 import unicodedata
 from collections.abc import Iterable
@@ -38,6 +44,41 @@ def normalize_answer(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).casefold()
     text = "".join(ch for ch in text if not _is_punct(ch))
     return " ".join(w for w in text.split() if w not in _ARTICLES)
+
+
+_ARTICLE_RE = re.compile(r"\b(?:a|an|the)\b")
+
+
+def normalize_answer_original(text: str) -> str:
+    """The original profile's normalisation (module docstring).
+
+    >>> normalize_answer_original("The “Eiffel-Tower”!")
+    '“eiffeltower”'
+    >>> normalize_answer_original("The")
+    ''
+    """
+    text = "".join(ch for ch in text.lower() if ch not in _ASCII_PUNCT)
+    return " ".join(_ARTICLE_RE.sub(" ", text).split())
+
+
+def _golds_list(golds: str | Iterable[str]) -> list[str]:
+    return [golds] if isinstance(golds, str) else list(golds)
+
+
+def exact_match_original(pred: str | None, golds: str | Iterable[str]) -> bool:
+    """Original profile: normalised prediction equals a normalised gold (both may be empty)."""
+    if pred is None:
+        return False
+    p = normalize_answer_original(pred)
+    return any(normalize_answer_original(g) == p for g in _golds_list(golds))
+
+
+def sub_exact_match_original(pred: str | None, golds: str | Iterable[str]) -> bool:
+    """Original profile: a normalised gold is a substring of the normalised prediction (an empty gold always is)."""
+    if pred is None:
+        return False
+    p = normalize_answer_original(pred)
+    return any(normalize_answer_original(g) in p for g in _golds_list(golds))
 
 
 def _normalized_golds(golds: str | Iterable[str]) -> list[str]:

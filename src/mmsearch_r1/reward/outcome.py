@@ -5,13 +5,18 @@
 - `acc` (0/1): the final answer (last `<answer>...</answer>` of the last assistant turn, read even when the
   format is broken) matches the ground truth or any candidate: EM (normalized equality) or SubEM (normalized
   gold is a substring of the normalized prediction), per `RewardConfig.mode`.
-- `format` (0/1): `protocol.validate_turns(turns, protocol_cfg).ok`.
+- `format` (0/1): `turns.format_check(turns, protocol_cfg).ok` (`validate_turns` under the default profile).
 - `penalty`: when acc = 1 and at least one search was made, `1 - p`; with `penalty_per_search`,
   `(1 - p) ** n_searches` (each search costs the factor once); otherwise 1. Searches are counted over all
   turns whose action parses as a search, even if the trajectory's format is broken.
 - `p` = `search_penalty_at(step, cfg)`: `search_penalty`, or, when `penalty_warmup_steps = W > 0`, a linear
   ramp from `penalty_warmup_start` at step 0 to `search_penalty` at step W, constant after. A negative p is a
   bonus for searching (penalty > 1), which the warm-up uses to encourage early exploration of the tools.
+
+Under `protocol_cfg.profile == "original"` the format term, the search count, the answer extraction and the
+matching follow the released code instead (`protocol_original`, `normalize.*_original`; the table in
+docs/protocol_and_reward.md): four fixed shapes, searches counted by tag text in the turns before the last, an
+empty answer is an answer, ASCII-only punctuation removal, empty-equals-empty matches.
 
 With the defaults the reachable rewards are 1.0 (correct, no search, format ok), 0.91 (correct, searched,
 format ok), 0.90 (correct, no search, bad format), 0.81 (correct, searched, bad format), 0.10 (wrong, format ok)
@@ -23,8 +28,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mmsearch_r1.config import ProtocolConfig, RewardConfig
-from mmsearch_r1.protocol import count_searches, extract_final_answer, validate_turns
-from mmsearch_r1.reward.normalize import exact_match, parse_candidates, sub_exact_match
+from mmsearch_r1.protocol import count_searches, extract_final_answer
+from mmsearch_r1.reward.normalize import (
+    exact_match,
+    exact_match_original,
+    parse_candidates,
+    sub_exact_match,
+    sub_exact_match_original,
+)
+from mmsearch_r1.turns import format_check
 from mmsearch_r1.types import Answers, RewardOutput
 
 REWARD_MODES = ("EM", "SubEM")
@@ -89,13 +101,21 @@ def compute_reward(
         raise ValueError(f"reward.format_weight must be in [0, 1], got {a}")
     golds = gold_list(answers)
 
-    check = validate_turns(list(turns), protocol_cfg)
-    pred = extract_final_answer(list(turns))
-    match = exact_match if reward_cfg.mode == "EM" else sub_exact_match
+    turns = list(turns)
+    check = format_check(turns, protocol_cfg)
+    if protocol_cfg.profile == "original":
+        from mmsearch_r1.protocol_original import final_answer_original, search_counts_original
+
+        pred = final_answer_original(turns)
+        match = exact_match_original if reward_cfg.mode == "EM" else sub_exact_match_original
+        n_image, n_text = search_counts_original(turns)
+    else:
+        pred = extract_final_answer(turns)
+        match = exact_match if reward_cfg.mode == "EM" else sub_exact_match
+        n_image, n_text = count_searches(check.actions)
     acc = 1.0 if match(pred, golds) else 0.0
     fmt = 1.0 if check.ok else 0.0
 
-    n_image, n_text = count_searches(check.actions)
     n_searches = n_image + n_text
     p = search_penalty_at(step, reward_cfg)
     penalty = 1.0

@@ -37,8 +37,8 @@ from typing import Any
 
 from mmsearch_r1.config import ProtocolConfig
 from mmsearch_r1.data.errors import DataError
-from mmsearch_r1.protocol import check_action, parse_turn
-from mmsearch_r1.rollout.prompts import allowed_next_actions, get_prompt_set
+from mmsearch_r1 import turns as turns_rules
+from mmsearch_r1.rollout.prompts import get_prompt_set
 from mmsearch_r1.rollout.trajectory import Trajectory
 from mmsearch_r1.types import ImageData, Message, Part, Sample, ToolResult
 
@@ -224,47 +224,48 @@ def build_conversation(
     """The conversation the agent loop would build if the policy wrote `turns`.
 
     Each turn is (assistant text, the result of its search or None). A search the protocol allows needs its
-    `ToolResult`; a refused action gets the loop's refusal turn. The conversation must end with an allowed
-    answer, or with the last allowed turn; ValueError names the turn otherwise.
+    `ToolResult`; a refused action gets the loop's refusal turn. The conversation must end where
+    `turns.next_step` ends it (an answer, or a finish such as the last allowed turn); ValueError names the turn
+    otherwise.
     """
     prompts = get_prompt_set(prompt_set)
     messages = [prompts.first_turn(sample, protocol)]
-    done: list[Any] = []
+    state = turns_rules.TurnState()
     for i, (text, result) in enumerate(turns):
         if i >= protocol.max_turns:
             raise ValueError(f"turn {i + 1}: more than protocol.max_turns={protocol.max_turns} turns")
         messages.append(Message("assistant", [text]))
-        action = parse_turn(text)
-        refusal = check_action(done, action, i, protocol)
+        action = turns_rules.parse(text, protocol)
+        outcome = turns_rules.next_step(state, action, protocol)
+        state = state.after(action, outcome)
         last = i == len(turns) - 1
-        if refusal is None and action.kind == "answer":
+        if outcome.ends:
             if not last:
-                raise ValueError(f"turn {i + 1} answers but more turns follow")
+                what = "answers" if outcome.kind == "answer" else f"ends the conversation ({outcome.finish})"
+                raise ValueError(f"turn {i + 1} {what} but more turns follow")
             break
         if last:
-            if i + 1 < protocol.max_turns:
-                raise ValueError(f"turn {i + 1} is the last given but does not end the conversation")
-            break
-        allowed_after = i + 1
-        if refusal is None:
+            raise ValueError(f"turn {i + 1} is the last given but does not end the conversation")
+        allowed = turns_rules.allowed_actions(state, protocol)
+        turns_left = protocol.max_turns - state.turn_index
+        if outcome.kind == "search":
             if result is None:
                 raise ValueError(f"turn {i + 1} makes an allowed {action.kind}; give its ToolResult")
-            done.append(action)
             parts = prompts.observation(
                 action.kind,
                 result.parts,
                 ok=result.ok,
                 query=action.content if action.kind == "text_search" else None,
                 question=sample.question,
-                allowed=allowed_next_actions(done, allowed_after, protocol),
-                turns_left=protocol.max_turns - allowed_after,
+                allowed=allowed,
+                turns_left=turns_left,
             )
         else:
             parts = prompts.refusal(
-                refusal,
+                outcome.reason or "the action is not valid",
                 question=sample.question,
-                allowed=allowed_next_actions(done, allowed_after, protocol),
-                turns_left=protocol.max_turns - allowed_after,
+                allowed=allowed,
+                turns_left=turns_left,
             )
         messages.append(Message("user", parts))
     return Conversation(conversation_id or sample.id, messages)

@@ -9,10 +9,10 @@
    is kept for a forced `<|im_end|>`). The engine's ids are appended as they are (mask 1 where sampled, with their
    log-probs); a turn cut at its limit gets a forced `<|im_end|>` (mask 0). The turn is decoded only to be read
    (`parse_turn`) and recorded; its ids are never re-encoded.
-3. `check_action` against the carried-out actions. An allowed answer ends it ("answer"). An allowed search is
-   submitted to a thread pool (`tool(arg, sample)`); its result becomes a tool turn. A refused or malformed
-   action gets a refusal turn saying why; on the last allowed turn there is no further turn and it ends with
-   "tool_limit" (a refused search) or "max_turns" (a malformed turn).
+3. `turns.next_step` (the one home of the turn rules, per `protocol.profile`) decides. An answer ends it
+   ("answer"). A search is submitted to a thread pool (`tool(arg, sample)`); its result becomes a tool turn. A
+   refused action gets a refusal turn saying why; "finish" ends it with the outcome's reason ("tool_limit",
+   "max_turns", or "no_action" under the original profile).
 4. A tool turn (`renderer.render_tool_turn(parts)`, mask 0) is appended only whole. Thumbnails beyond
    `max_images` are replaced by a text note. If the turn does not fit the response budget with room for
    `min_turn_tokens` more, it is retried without thumbnails; if it still does not fit, the trajectory ends at the
@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmsearch_r1.config import ProtocolConfig, RolloutConfig
-from mmsearch_r1.protocol import Action, check_action, parse_turn
+from mmsearch_r1 import turns
 from mmsearch_r1.rollout.engine import Engine, GenerationOutput, GenerationRequest, SamplingParams
-from mmsearch_r1.rollout.prompts import PromptSet, allowed_next_actions, get_prompt_set
+from mmsearch_r1.rollout.prompts import PromptSet, get_prompt_set
 from mmsearch_r1.rollout.rendering import RendererAdapter
 from mmsearch_r1.rollout.trajectory import ToolCallRecord, Trajectory, TurnRecord
 from mmsearch_r1.types import Part, Sample, ToolResult
@@ -71,8 +71,7 @@ class _Run:
     key: str
     pixel_chunks: list[Any] = field(default_factory=list)
     grid_chunks: list[Any] = field(default_factory=list)
-    done_actions: list[Action] = field(default_factory=list)
-    turn_index: int = 0
+    state: turns.TurnState = field(default_factory=turns.TurnState)
     t0: float = 0.0
 
 
@@ -219,7 +218,7 @@ class AgentLoop:
             pixel_values=list(run.pixel_chunks),
             image_grid_thw=list(run.grid_chunks),
             key=run.key,
-            turn_index=run.turn_index,
+            turn_index=run.state.turn_index,
         )
 
     def _generate(self, batch: list[_Run]) -> list[Any]:
@@ -254,9 +253,9 @@ class AgentLoop:
         traj.loss_mask += mask
         traj.sampled_logprobs += lps
         text = self.r.decode(ids[:-1])
-        action = parse_turn(text)
+        action = turns.parse(text, self.protocol)
         turn = TurnRecord(
-            index=run.turn_index,
+            index=run.state.turn_index,
             start=start,
             end=len(traj.response_ids),
             text=text,
@@ -265,24 +264,22 @@ class AgentLoop:
             n_sampled=sum(mask),
         )
         traj.turns.append(turn)
-        refusal = check_action(run.done_actions, action, run.turn_index, self.protocol)
-        run.turn_index += 1
-        turn.refusal = refusal
-        if refusal is None and action.kind == "answer":
-            run.done_actions.append(action)
+        outcome = turns.next_step(run.state, action, self.protocol)
+        run.state = run.state.after(action, outcome)
+        turn.refusal = outcome.reason
+        if outcome.kind == "answer":
             self._finish(run, "answer")
             return None
         if out.finish_reason == "length" and req.max_new_tokens < self.cfg.max_new_tokens_per_turn:
             self._finish(run, "max_tokens")  # the response budget, not the turn limit, cut this turn
             return None
-        if refusal is None:  # an allowed search
-            run.done_actions.append(action)
+        if outcome.kind == "search":
             return (action.kind, action.content if action.kind == "text_search" else None)
-        if run.turn_index >= self.protocol.max_turns:
-            self._finish(run, "tool_limit" if action.is_search else "max_turns")
+        if outcome.kind == "finish":
+            self._finish(run, outcome.finish or "max_turns")
             return None
         parts = self.prompts.refusal(
-            refusal,
+            outcome.reason or "the action is not valid",
             question=run.sample.question,
             allowed=self._allowed(run),
             turns_left=self._turns_left(run),
@@ -290,10 +287,10 @@ class AgentLoop:
         return "ready" if self._append_observation(run, parts, None) else None
 
     def _allowed(self, run: _Run) -> list[str]:
-        return allowed_next_actions(run.done_actions, run.turn_index, self.protocol)
+        return turns.allowed_actions(run.state, self.protocol)
 
     def _turns_left(self, run: _Run) -> int:
-        return self.protocol.max_turns - run.turn_index
+        return self.protocol.max_turns - run.state.turn_index
 
     # ================================================================== tools and observations
     def _call_tool(self, name: str, arg: str | None, sample: Sample) -> tuple[ToolResult, float]:

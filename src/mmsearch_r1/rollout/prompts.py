@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from mmsearch_r1.config import ProtocolConfig
-from mmsearch_r1.protocol import Action, check_action
+from mmsearch_r1 import turns
+from mmsearch_r1.protocol import Action
 from mmsearch_r1.types import Message, Part, Sample
 
 _PARTS = ("first_turn", "after_image_search", "after_text_search", "refusal")
@@ -36,13 +37,8 @@ _RESULTS_MARKER = "\x00RESULTS\x00"
 
 
 def allowed_next_actions(previous: Sequence[Action], turn_index: int, cfg: ProtocolConfig) -> list[str]:
-    """The action kinds `check_action` would accept at `turn_index` given the carried-out `previous` actions."""
-    probe = {
-        "answer": Action("answer", "x"),
-        "image_search": Action("image_search"),
-        "text_search": Action("text_search", "x"),
-    }
-    return [k for k, a in probe.items() if check_action(previous, a, turn_index, cfg) is None]
+    """The action kinds `turns.next_step` would carry out at `turn_index` after the carried-out `previous`."""
+    return turns.allowed_actions(turns.TurnState(tuple(previous), turn_index), cfg)
 
 
 class PromptSet:

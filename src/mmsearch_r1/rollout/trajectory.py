@@ -16,7 +16,7 @@ ends inside a tool turn: it ends with the last assistant turn's `<|im_end|>`.
   the reward; never re-encoded), parsed `Action`, why it was refused (if it was), and the tool call it made.
 - `finish_reason`: "answer" (an allowed answer), "max_turns" (the last allowed turn was malformed), "tool_limit"
   (the last allowed turn asked for a search it may not make), "max_tokens" (the response budget ran out, cut at a
-  turn boundary), "error" (the sample could not be rendered or its prompt is too long; see `error`).
+  turn boundary), "no_action" (profile "original": a turn with neither a search nor an answer), "error" (the sample could not be rendered or its prompt is too long; see `error`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from mmsearch_r1.protocol import Action
 
-FINISH_REASONS = ("answer", "max_turns", "max_tokens", "tool_limit", "error")
+FINISH_REASONS = ("answer", "max_turns", "max_tokens", "tool_limit", "no_action", "error")
 
 
 @dataclass
