@@ -4,7 +4,8 @@ Each input line is a JSON object:
     {"id": ..., "turns": [assistant turn texts], "gold": [answers] or a JSON-string list or one answer,
      "reward_mode": "EM" | "SubEM", "search_penalty_per_search": true | false}
 `id` is optional and copied to the output; `reward_mode` and `search_penalty_per_search` override the command
-line defaults for that line. Each output line holds `total`, the reward components, `final_answer` and
+line defaults for that line. `--profile original` scores with the released code's rules (format shapes, search
+counting, answer normalisation; docs/protocol_and_reward.md). Each output line holds `total`, the reward components, `final_answer` and
 `format_error` (why the format term is 0, or null). Blank lines are skipped. A bad line stops the run with exit
 code 1 after the lines before it were written, unless `--skip-bad` is given.
 """
@@ -34,6 +35,12 @@ def register(subparsers: Any) -> None:
     s.add_argument("--max-searches", type=int, default=None, help="protocol limit (default 2)")
     s.add_argument("--max-image-searches", type=int, default=None, help="protocol limit (default 1)")
     s.add_argument("--max-text-searches", type=int, default=None, help="protocol limit (default 1)")
+    s.add_argument(
+        "--profile",
+        choices=["default", "original"],
+        default="default",
+        help="protocol profile: the project's rules or the released code's (docs/protocol_and_reward.md)",
+    )
     s.add_argument("--skip-bad", action="store_true", help="skip bad lines (count reported on stderr)")
     s.set_defaults(func=_score)
 
@@ -60,7 +67,7 @@ def _score(args: argparse.Namespace) -> int:
         rcfg.format_weight = args.format_weight
     if args.search_penalty is not None:
         rcfg.search_penalty = args.search_penalty
-    pcfg = ProtocolConfig()
+    pcfg = ProtocolConfig(profile=args.profile)
     for name in ("max_turns", "max_searches", "max_image_searches", "max_text_searches"):
         value = getattr(args, name)
         if value is not None:
@@ -99,8 +106,10 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _score_line(line: str, lineno: int, rcfg: Any, pcfg: Any) -> dict[str, Any]:
-    from mmsearch_r1.protocol import extract_final_answer, validate_turns
+    from mmsearch_r1.protocol import extract_final_answer
+    from mmsearch_r1.protocol_original import final_answer_original
     from mmsearch_r1.reward import REWARD_MODES, compute_reward, parse_candidates
+    from mmsearch_r1.turns import format_check
 
     where = f"line {lineno}"
     try:
@@ -138,6 +147,7 @@ def _score_line(line: str, lineno: int, rcfg: Any, pcfg: Any) -> dict[str, Any]:
     out = compute_reward(turns, golds, cfg, pcfg)
     record: dict[str, Any] = {"id": obj["id"]} if "id" in obj else {}
     record.update(out.to_dict())
-    record["final_answer"] = extract_final_answer(turns)
-    record["format_error"] = validate_turns(turns, pcfg).reason
+    extract = final_answer_original if pcfg.profile == "original" else extract_final_answer
+    record["final_answer"] = extract(turns)
+    record["format_error"] = format_check(turns, pcfg).reason
     return record
