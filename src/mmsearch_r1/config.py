@@ -134,6 +134,8 @@ class TrainerConfig:
     micro_batch_size: int = 4  # trajectories per forward/backward
     val_every: int = 10
     val_before_train: bool = True
+    val_only: bool = False  # evaluate the starting policy on data.val_files, save every generation, no training
+    val_only_save_dir: str = ""  # where val_only writes its generations ("" = RUN_DIR/val_only)
     save_every: int = 10
     keep_last: int = 2
     log_tensorboard: bool = False

@@ -7,9 +7,10 @@ at that level, and every value must match its field's type (int, float, bool, st
 A dict-typed field (e.g. `search.text_backend`) is replaced as a whole by a YAML mapping, while an override that
 goes into it (`search.text_backend.type=bm25`) sets one key. Then `validate` runs the cross-field checks.
 
-Launch lines of the original veRL-based training script are accepted: `LEGACY_KEYS` maps each of its keys to
-ours (with a warning per key), marks some as accepted no-ops (with a note) and rejects the ones we do not support
-with a clear error. docs/config.md documents the table.
+Launch lines of the original veRL-based training script are accepted: `LEGACY_KEYS` (in `config_legacy.py`,
+re-exported here) maps each of its keys to ours (with a warning per key), marks some as accepted no-ops (with a
+note) and rejects the ones whose value would change the run with a clear error. docs/config.md's table is
+generated from it (`legacy_table_markdown`).
 
 Layer 1: imports neither torch nor the rest of the package beyond `config`.
 """
@@ -20,13 +21,26 @@ import dataclasses
 import logging
 import types
 import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mmsearch_r1.config import Config
+from mmsearch_r1.config_legacy import LEGACY_KEYS, UNSUPPORTED_PREFIXES, Legacy, legacy_table_markdown
+
+__all__ = [
+    "LEGACY_KEYS",
+    "UNSUPPORTED_PREFIXES",
+    "ConfigError",
+    "Legacy",
+    "config_to_dict",
+    "legacy_table_markdown",
+    "load_config",
+    "parse_override",
+    "save_config",
+    "validate",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,96 +48,6 @@ logger = logging.getLogger(__name__)
 class ConfigError(ValueError):
     """A configuration that cannot be loaded: unknown key, wrong type or inconsistent values."""
 
-
-@dataclasses.dataclass(frozen=True)
-class Legacy:
-    """How one key of the original script is handled: mapped to `targets`, a no-op (`note`), or an `error`."""
-
-    targets: tuple[str, ...] = ()
-    note: str = ""
-    error: str = ""
-    convert: Callable[[Any], Any] | None = None
-
-
-def _verl_agg(v: Any) -> Any:
-    return v.replace("-", "_") if isinstance(v, str) else v
-
-
-def _verl_top_k(v: Any) -> Any:
-    return 0 if v == -1 else v
-
-
-_A, _R = "actor_rollout_ref.actor.", "actor_rollout_ref.rollout."
-_NO_TP = "tensor/sequence parallelism is not supported: models are sharded with FSDP over the torchrun world"
-
-# The original script's keys (without a leading "+"), in one table.
-LEGACY_KEYS: dict[str, Legacy] = {
-    "data.train_batch_size": Legacy(("trainer.prompts_per_step",)),
-    "data.max_prompt_length": Legacy(("rollout.max_prompt_tokens",)),
-    "data.max_response_length": Legacy(("rollout.max_new_tokens_per_turn",)),
-    "data.train_files": Legacy(("data.train_files",)),
-    "data.val_files": Legacy(("data.val_files",)),
-    "data.val_batch_size": Legacy(note="evaluation batches are capped by rollout.max_batch_size"),
-    "data.image_key": Legacy(note="images are always read from the `images` column"),
-    "algorithm.adv_estimator": Legacy(("grpo.adv_estimator",)),
-    "algorithm.kl_ctrl.kl_coef": Legacy(note="KL is a loss term here; its weight is grpo.kl_coef"),
-    "algorithm.use_kl_in_reward": Legacy(note="KL is a loss term here, never part of the reward"),
-    "actor_rollout_ref.model.path": Legacy(("model.path",)),
-    "actor_rollout_ref.model.enable_gradient_checkpointing": Legacy(("model.gradient_checkpointing",)),
-    "actor_rollout_ref.model.use_remove_padding": Legacy(note="padding handling is internal"),
-    _A + "optim.lr": Legacy(("optim.lr",)),
-    _A + "optim.weight_decay": Legacy(("optim.weight_decay",)),
-    _A + "ppo_mini_batch_size": Legacy(("trainer.mini_batch_prompts",)),
-    _A + "ppo_micro_batch_size_per_gpu": Legacy(("trainer.micro_batch_size",)),
-    _A + "ppo_epochs": Legacy(("grpo.ppo_epochs",)),
-    _A + "kl_loss_coef": Legacy(("grpo.kl_coef",)),
-    _A + "kl_loss_type": Legacy(("grpo.kl_kind",)),
-    _A + "use_kl_loss": Legacy(note="KL is a loss term whenever grpo.kl_coef > 0 (set it to 0 to disable)"),
-    _A + "clip_ratio": Legacy(("grpo.clip_low", "grpo.clip_high")),
-    _A + "clip_ratio_low": Legacy(("grpo.clip_low",)),
-    _A + "clip_ratio_high": Legacy(("grpo.clip_high",)),
-    _A + "entropy_coeff": Legacy(("grpo.entropy_coef",)),
-    _A + "loss_agg_mode": Legacy(("grpo.loss_agg",), convert=_verl_agg),
-    _A + "grad_clip": Legacy(("optim.grad_clip",)),
-    _A + "use_dynamic_bsz": Legacy(note="micro-batches are sized by trainer.micro_batch_size"),
-    _A + "ppo_max_token_len_per_gpu": Legacy(note="micro-batches are sized by trainer.micro_batch_size"),
-    _A + "fsdp_config.param_offload": Legacy(note="parameter offload is not implemented; ignored"),
-    _A + "fsdp_config.optimizer_offload": Legacy(note="optimizer offload is not implemented; ignored"),
-    _A + "ulysses_sequence_parallel_size": Legacy(error=_NO_TP),
-    _R + "n": Legacy(("rollout.n",)),
-    _R + "temperature": Legacy(("rollout.temperature",)),
-    _R + "top_p": Legacy(("rollout.top_p",)),
-    _R + "top_k": Legacy(("rollout.top_k",), convert=_verl_top_k),
-    _R + "max_gen_round": Legacy(("protocol.max_turns",)),
-    _R + "response_length_total": Legacy(("rollout.max_response_tokens",)),
-    _R + "name": Legacy(note="the generation engine is chosen by rollout.engine (hf | vllm)"),
-    _R + "use_multi_turn_response_mask": Legacy(note="tool-turn tokens are always masked out of the loss"),
-    _R + "gpu_memory_utilization": Legacy(note="engine memory options are not configurable here; ignored"),
-    _R + "log_prob_micro_batch_size_per_gpu": Legacy(note="log-probs use trainer.micro_batch_size"),
-    _R + "tensor_model_parallel_size": Legacy(error=_NO_TP),
-    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": Legacy(
-        note="log-probs use trainer.micro_batch_size"
-    ),
-    "actor_rollout_ref.ref.fsdp_config.param_offload": Legacy(
-        note="parameter offload is not implemented; ignored"
-    ),
-    "trainer.total_training_steps": Legacy(("trainer.total_steps",)),
-    "trainer.total_epochs": Legacy(note="training length is trainer.total_steps"),
-    "trainer.test_freq": Legacy(("trainer.val_every",)),
-    "trainer.save_freq": Legacy(("trainer.save_every",)),
-    "trainer.default_local_dir": Legacy(("trainer.run_dir",)),
-    "trainer.project_name": Legacy(("trainer.wandb_project",)),
-    "trainer.experiment_name": Legacy(note="the run is named by trainer.run_dir"),
-    "trainer.logger": Legacy(note="use trainer.log_tensorboard / trainer.log_wandb (JSONL is always on)"),
-    "trainer.n_gpus_per_node": Legacy(note="the world size comes from torchrun"),
-    "trainer.nnodes": Legacy(note="the world size comes from torchrun"),
-    "trainer.critic_warmup": Legacy(note="GRPO has no critic"),
-    "trainer.search_penalty": Legacy(("reward.search_penalty",)),
-}
-UNSUPPORTED_PREFIXES: dict[str, str] = {
-    "critic.": "GRPO has no critic model",
-    "reward_model.": "rewards are rule-based",
-}
 
 ENUMS: dict[str, tuple[str, ...]] = {
     "reward.mode": ("EM", "SubEM"),
@@ -247,21 +171,36 @@ def _assign(cfg: Config, key: str, value: Any, source: str) -> None:
     key = key.lstrip("+")
     rule = LEGACY_KEYS.get(key)
     if rule is not None:
-        if rule.error:
-            raise ConfigError(f"{key} ({source}) is not supported: {rule.error}")
-        if not rule.targets:
-            logger.warning("config: %s (%s) accepted and ignored: %s", key, source, rule.note)
-            return
-        v = rule.convert(value) if rule.convert else value
-        for target in rule.targets:
-            if target != key:
-                logger.warning("config: legacy key %s (%s) mapped to %s", key, source, target)
-            _set_path(cfg, target, v, lenient_list=True)
+        _assign_legacy(cfg, key, rule, value, source)
         return
     for prefix, why in UNSUPPORTED_PREFIXES.items():
         if key.startswith(prefix):
             raise ConfigError(f"{key} ({source}) is not supported: {why}")
     _set_path(cfg, key, value)
+
+
+def _assign_legacy(cfg: Config, key: str, rule: Legacy, value: Any, source: str) -> None:
+    if rule.only:
+        if value not in rule.only or isinstance(value, bool) != isinstance(rule.only[0], bool):
+            raise ConfigError(f"{key} ({source}): the value {value!r} is not supported: {rule.error}")
+    elif rule.error:
+        raise ConfigError(f"{key} ({source}) is not supported: {rule.error}")
+    if not rule.targets:
+        logger.warning("config: %s (%s) accepted and ignored: %s", key, source, rule.note)
+        return
+    try:
+        v = rule.convert(value) if rule.convert else value
+    except ValueError as e:
+        raise ConfigError(f"{key}={value!r} ({source}): {e}") from None
+    values = v if isinstance(v, dict) and set(v) == set(rule.targets) else dict.fromkeys(rule.targets, v)
+    for target, tv in values.items():
+        if target != key:
+            logger.warning("config: legacy key %s (%s) mapped to %s", key, source, target)
+        _set_path(cfg, target, tv, lenient_list=True)
+    if rule.after is not None:
+        note = rule.after(cfg)
+        if note:
+            logger.warning("config: legacy key %s (%s): %s", key, source, note)
 
 
 def _flatten(node: dict[str, Any], prefix: str, cls: type | None) -> list[tuple[str, Any]]:

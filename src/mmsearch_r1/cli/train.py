@@ -1,6 +1,9 @@
 """`mmsearch-r1 train CONFIG [a.b=c ...] [--resume]`: GRPO training (docs/training.md).
 
 Multi-process: `torchrun --nproc_per_node N -m mmsearch_r1.cli train CONFIG ...` (any torchrun flags).
+`--print-config` prints the resolved config as YAML (after the legacy-key warnings) and exits before loading
+anything, so a launch line can be checked in a second. With `trainer.val_only=true` the starting policy is only
+evaluated on `data.val_files` and every generation is saved (`rl/val_only.py`).
 """
 
 from __future__ import annotations
@@ -12,12 +15,20 @@ import sys
 
 def _train(args: argparse.Namespace) -> int:
     from mmsearch_r1.config_io import load_config
-    from mmsearch_r1.rl.trainer import train
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not os.path.isfile(config):  # overrides only, no YAML
         config, overrides = None, [config, *overrides]
     cfg = load_config(config, overrides)
+    if args.print_config:
+        import yaml
+
+        from mmsearch_r1.config_io import config_to_dict
+
+        sys.stdout.write(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False))
+        return 0
+    from mmsearch_r1.rl.trainer import train
+
     main = int(os.environ.get("RANK", "0")) == 0
     bar = None
     try:
@@ -43,6 +54,11 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    if main and cfg.trainer.val_only:
+        from mmsearch_r1.rl.val_only import save_dir_for
+
+        print(f"evaluated only; metrics: {result.metrics_path}; generations: {save_dir_for(cfg, result.run_dir)}")
+        return 0
     if main:
         print(f"trained {result.steps} steps; metrics: {result.metrics_path}")
         if result.final_dir is not None:
@@ -58,4 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue from the last checkpoint in trainer.run_dir"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (YAML) and exit before loading a model",
+    )
     p.set_defaults(func=_train)

@@ -67,7 +67,9 @@ def check_train_config(cfg: Config, world_size: int = 1) -> None:
     t, errs = cfg.trainer, []
     if not cfg.model.path:
         errs.append("model.path is empty: give the directory of the policy model")
-    if not cfg.data.train_files:
+    if t.val_only and not cfg.data.val_files:
+        errs.append("trainer.val_only needs data.val_files: give at least one parquet file")
+    if not t.val_only and not cfg.data.train_files:
         errs.append("data.train_files is empty: give at least one parquet file")
     if t.prompts_per_step % world_size or t.mini_batch_prompts % world_size:
         errs.append(
@@ -88,9 +90,17 @@ def _score(trajs, samples_by_id, cfg: Config, step: int) -> list[Any]:
 
 
 def validate(
-    cfg: Config, loop_factory, val_samples, info: D.DistInfo, run: Path, step: int
+    cfg: Config,
+    loop_factory,
+    val_samples,
+    info: D.DistInfo,
+    run: Path,
+    step: int,
+    save_dir: Path | None = None,
 ) -> dict[str, float]:
-    """Greedy, one response per question, this rank's share; summary over all ranks (eval.summary)."""
+    """Greedy, one response per question, this rank's share; summary over all ranks (eval.summary).
+
+    With `save_dir`, every generation is written there too (`rl.val_only.save_generations`)."""
     from mmsearch_r1.eval.summary import flat_metrics, sample_record, summarize
     from mmsearch_r1.rollout.loop import sampling_params
 
@@ -100,6 +110,10 @@ def validate(
     rewards = _score(trajs, {s.id: s for s in share}, cfg, step)
     by_id = {s.id: s for s in share}
     records = [sample_record(by_id[t.sample_id], t, r) for t, r in zip(trajs, rewards, strict=True)]
+    if save_dir is not None:
+        from mmsearch_r1.rl.val_only import save_generations
+
+        save_generations(save_dir, info.rank, trajs, records)
     records = [r for part in D.all_gather_objects(records, info) for r in part]
     summary = summarize(records, step=step)
     if info.is_main:
@@ -140,6 +154,10 @@ def train(
         return load_model(cfg.model.path, cfg.model.dtype, str(info.device), cfg.model.attn_implementation)
 
     model = load()
+    if t_cfg.val_only:
+        from mmsearch_r1.rl.val_only import run_val_only
+
+        return run_val_only(cfg, model, renderer, info, run, validate, engine_hook)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     gen_model = load() if info.enabled else model  # FSDP shards the policy: generate on a full copy
