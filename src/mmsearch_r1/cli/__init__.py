@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "model",
     "data",
     "reward",
+    "prompts",
     "search",
     "infer",
     "train",

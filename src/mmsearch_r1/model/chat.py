@@ -9,7 +9,9 @@ concatenation of its turns as the agent loop builds them:
 An image part becomes `<|vision_start|>` + N x `<|image_pad|>` + `<|vision_end|>` with
 N = t*h*w / merge_size**2 from the image processor's grid. Text parts are tokenized with special tokens split,
 so text (from a user or the web) can never produce a control token. `render_tool_turn(parts)` gives the ids that
-follow an assistant turn's `<|im_end|>`: "\\n" + a user message + the generation prompt.
+follow an assistant turn's `<|im_end|>`: "\\n" + a user message + the generation prompt (without the "\\n" when
+`leading_newline=False`, as the original's rollout wrote it). `template_system_prompt()` is the default system
+prompt the tokenizer's chat template inserts into a conversation that has none (None when it inserts none).
 
 `mm_token_type_ids` (1 on image pads, 0 elsewhere) travel with the ids: transformers' Qwen2.5-VL needs them to
 compute the 3-row mRoPE positions itself.
@@ -121,13 +123,26 @@ class ChatRenderer:
             ids += self._header("assistant")
         return self._finish(ids, images)
 
-    def render_tool_turn(self, parts: Sequence[Part]) -> Rendered:
+    def render_tool_turn(self, parts: Sequence[Part], leading_newline: bool = True) -> Rendered:
         """Ids to append right after an assistant turn's `<|im_end|>`: a user turn, then the next assistant header."""
-        ids: list[int] = [*self._piece("\n"), *self._header("user")]
+        ids: list[int] = [*(self._piece("\n") if leading_newline else []), *self._header("user")]
         images: list[Any] = []
         self._content(parts, ids, images)
         ids += self._footer() + self._header("assistant")
         return self._finish(ids, images)
+
+    def template_system_prompt(self) -> str | None:
+        """The system text the chat template writes for a conversation without a system message, or None."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return None
+        probe = "\x00probe\x00"
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": probe}], tokenize=False)
+        head = "<|im_start|>system\n"
+        start, end_probe = text.find(head), text.find(probe)
+        if start < 0 or start > end_probe:
+            return None
+        end = text.find("<|im_end|>", start)
+        return text[start + len(head) : end] if end > 0 else None
 
     def render_assistant_text(self, text: str) -> list[int]:
         """Ids of an assistant turn's text followed by `<|im_end|>` (what the policy emits for that turn)."""

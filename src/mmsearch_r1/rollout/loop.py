@@ -172,7 +172,8 @@ class AgentLoop:
         run = _Run(traj, sample, key=f"{sample.id}#{group}", t0=time.perf_counter())
         traj.stats.update(gen_s=0.0, tool_s=0.0, n_gen_calls=0.0)
         try:
-            rendered = self.r.render_first_turn(self.prompts.first_turn(sample, self.protocol))
+            system = self.r.template_system_prompt() if self.prompts.layout.system == "template_default" else None
+            rendered = self.r.render_first_turn(self.prompts.first_messages(sample, self.protocol, system))
         except (ValueError, OSError, TypeError) as e:
             return self._fail(run, f"sample {sample.id!r}: cannot render the first turn: {e}")
         if len(rendered.input_ids) > self.cfg.max_prompt_tokens:
@@ -346,13 +347,14 @@ class AgentLoop:
                     p = IMAGE_DROPPED_NOTE
                 room -= 1
             kept.append(p)
-        rendered = self.r.render_tool_turn(kept)
+        newline = self.prompts.layout.tool_turn_newline
+        rendered = self.r.render_tool_turn(kept, newline)
         if (
             self._budget_left(run) - len(rendered.input_ids) < self.cfg.min_turn_tokens + 1
             and rendered.images
         ):
             kept = [p if isinstance(p, str) else IMAGE_DROPPED_NOTE for p in kept]
-            rendered = self.r.render_tool_turn(kept)
+            rendered = self.r.render_tool_turn(kept, newline)
         if self._budget_left(run) - len(rendered.input_ids) < self.cfg.min_turn_tokens + 1:
             self._finish(run, "max_tokens")
             return False

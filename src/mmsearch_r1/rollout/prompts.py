@@ -17,6 +17,9 @@ match.
 
 The result parts are spliced in where the template writes `{{ results }}`; the template's own text never
 carries images, and a tool's text cannot create an image slot (images are parts, not placeholder strings).
+Likewise the question's images go where the first-turn template writes `{{ images }}` (before its text when it
+does not). A directory set's `layout.yaml` (`prompt_layout.Layout`) chooses the system message and the tool
+turn's leading newline; `first_messages` gives the messages of the first turn, system message included.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ from typing import Any
 
 from mmsearch_r1.config import ProtocolConfig
 from mmsearch_r1 import turns
+from mmsearch_r1.prompt_layout import read_layout
 from mmsearch_r1.protocol import Action
 from mmsearch_r1.types import Message, Part, Sample
 
 _PARTS = ("first_turn", "after_image_search", "after_text_search", "refusal")
 _RESULTS_MARKER = "\x00RESULTS\x00"
+_IMAGES_MARKER = "\x00IMAGES\x00"
 
 
 def allowed_next_actions(previous: Sequence[Action], turn_index: int, cfg: ProtocolConfig) -> list[str]:
@@ -69,17 +74,21 @@ class PromptSet:
             keep_trailing_newline=False,
             undefined=jinja2.StrictUndefined,
         )
+        self.layout = read_layout(directory)
         prefix = "" if directory is not None else f"rollout_{name}_"
         self._templates = {part: self._env.get_template(f"{prefix}{part}.j2") for part in _PARTS}
 
     def _render(self, part: str, **variables: Any) -> str:
-        return self._templates[part].render(**variables).strip()
+        text = self._templates[part].render(**variables)
+        return text.strip() if self.layout.strip else text
 
     # ------------------------------------------------------------------ turns
     def first_turn(self, sample: Sample, cfg: ProtocolConfig) -> Message:
-        """The first user message: the sample's images, then the instruction and the question."""
+        """The first user message: the instruction and the question, with the sample's images where the
+        template writes `{{ images }}` (before the text when it does not)."""
         text = self._render(
             "first_turn",
+            images=_IMAGES_MARKER,
             question=sample.question,
             max_turns=cfg.max_turns,
             max_searches=cfg.max_searches,
@@ -87,7 +96,22 @@ class PromptSet:
             max_text_searches=cfg.max_text_searches,
             image_search_first_turn_only=cfg.image_search_first_turn_only,
         )
-        return Message("user", [*sample.images, text])
+        n = text.count(_IMAGES_MARKER)
+        if n == 0:
+            return Message("user", _merge_text([*sample.images, text]))
+        if n > 1:
+            raise ValueError(f"prompt set {self.name!r}: first_turn.j2 writes {{{{ images }}}} more than once")
+        head, tail = text.split(_IMAGES_MARKER)
+        return Message("user", _merge_text([head, *sample.images, tail]))
+
+    def first_messages(
+        self, sample: Sample, cfg: ProtocolConfig, template_system: str | None = None
+    ) -> list[Message]:
+        """The messages before the first assistant turn: the layout's system message (if any), the first turn.
+        `template_system` is the chat template's default system prompt (for `system: template_default`)."""
+        system = self.layout.system_text(template_system)
+        first = self.first_turn(sample, cfg)
+        return [first] if system is None else [Message("system", [system]), first]
 
     def observation(
         self,

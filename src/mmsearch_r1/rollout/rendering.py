@@ -30,11 +30,18 @@ class RendererAdapter:
             raise ValueError(f"the renderer has no id for {text!r}")
         return value
 
-    def render_first_turn(self, message: Message) -> Any:
-        return self.renderer.render([message], add_generation_prompt=True)
+    def render_first_turn(self, message: Message | list[Message]) -> Any:
+        messages = message if isinstance(message, list) else [message]
+        return self.renderer.render(messages, add_generation_prompt=True)
 
-    def render_tool_turn(self, parts: list[Part]) -> Any:
-        return self.renderer.render_tool_turn(parts)
+    def render_tool_turn(self, parts: list[Part], leading_newline: bool = True) -> Any:
+        if leading_newline:
+            return self.renderer.render_tool_turn(parts)
+        return self.renderer.render_tool_turn(parts, leading_newline=False)
+
+    def template_system_prompt(self) -> str | None:
+        get = getattr(self.renderer, "template_system_prompt", None)
+        return get() if get is not None else None
 
     def decode(self, ids: list[int]) -> str:
         return self.renderer.decode(ids)

@@ -126,8 +126,8 @@ class ByteRenderer:
             rendered.input_ids += self.encode("<|im_start|>assistant\n")
         return rendered
 
-    def render_tool_turn(self, parts: Sequence[Part]) -> Rendered:
-        rendered = Rendered(self.encode("\n<|im_start|>user\n"))
+    def render_tool_turn(self, parts: Sequence[Part], leading_newline: bool = True) -> Rendered:
+        rendered = Rendered(self.encode(("\n" if leading_newline else "") + "<|im_start|>user\n"))
         self._parts(parts, rendered)
         rendered.input_ids += self.encode("<|im_end|>\n<|im_start|>assistant\n")
         return rendered
