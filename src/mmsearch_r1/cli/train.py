@@ -57,7 +57,9 @@ def _train(args: argparse.Namespace) -> int:
     if main and cfg.trainer.val_only:
         from mmsearch_r1.rl.val_only import save_dir_for
 
-        print(f"evaluated only; metrics: {result.metrics_path}; generations: {save_dir_for(cfg, result.run_dir)}")
+        print(
+            f"evaluated only; metrics: {result.metrics_path}; generations: {save_dir_for(cfg, result.run_dir)}"
+        )
         return 0
     if main:
         print(f"trained {result.steps} steps; metrics: {result.metrics_path}")

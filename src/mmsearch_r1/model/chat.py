@@ -132,9 +132,18 @@ class ChatRenderer:
         return self._finish(ids, images)
 
     def template_system_prompt(self) -> str | None:
-        """The system text the chat template writes for a conversation without a system message, or None."""
-        if not getattr(self.tokenizer, "chat_template", None):
+        """The system text the chat template writes for a conversation without a system message, or None.
+        Computed once per template (cached)."""
+        template = getattr(self.tokenizer, "chat_template", None)
+        if not template:
             return None
+        cached = getattr(self, "_system_cache", None)
+        if cached is not None and cached[0] == template:
+            return cached[1]
+        self._system_cache = (template, self._probe_system_prompt())
+        return self._system_cache[1]
+
+    def _probe_system_prompt(self) -> str | None:
         probe = "\x00probe\x00"
         text = self.tokenizer.apply_chat_template([{"role": "user", "content": probe}], tokenize=False)
         head = "<|im_start|>system\n"

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmsearch_r1 import turns as turns_rules
 from mmsearch_r1.config import ProtocolConfig
 from mmsearch_r1.data.errors import DataError
-from mmsearch_r1 import turns as turns_rules
 from mmsearch_r1.rollout.prompts import get_prompt_set
 from mmsearch_r1.rollout.trajectory import Trajectory
 from mmsearch_r1.types import ImageData, Message, Part, Sample, ToolResult

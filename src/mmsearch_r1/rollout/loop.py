@@ -41,8 +41,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmsearch_r1.config import ProtocolConfig, RolloutConfig
 from mmsearch_r1 import turns
+from mmsearch_r1.config import ProtocolConfig, RolloutConfig
 from mmsearch_r1.rollout.engine import Engine, GenerationOutput, GenerationRequest, SamplingParams
 from mmsearch_r1.rollout.prompts import PromptSet, get_prompt_set
 from mmsearch_r1.rollout.rendering import RendererAdapter
@@ -172,7 +172,9 @@ class AgentLoop:
         run = _Run(traj, sample, key=f"{sample.id}#{group}", t0=time.perf_counter())
         traj.stats.update(gen_s=0.0, tool_s=0.0, n_gen_calls=0.0)
         try:
-            system = self.r.template_system_prompt() if self.prompts.layout.system == "template_default" else None
+            system = (
+                self.r.template_system_prompt() if self.prompts.layout.system == "template_default" else None
+            )
             rendered = self.r.render_first_turn(self.prompts.first_messages(sample, self.protocol, system))
         except (ValueError, OSError, TypeError) as e:
             return self._fail(run, f"sample {sample.id!r}: cannot render the first turn: {e}")

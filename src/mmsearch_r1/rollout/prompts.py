@@ -30,8 +30,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mmsearch_r1.config import ProtocolConfig
 from mmsearch_r1 import turns
+from mmsearch_r1.config import ProtocolConfig
 from mmsearch_r1.prompt_layout import read_layout
 from mmsearch_r1.protocol import Action
 from mmsearch_r1.types import Message, Part, Sample
@@ -100,7 +100,9 @@ class PromptSet:
         if n == 0:
             return Message("user", _merge_text([*sample.images, text]))
         if n > 1:
-            raise ValueError(f"prompt set {self.name!r}: first_turn.j2 writes {{{{ images }}}} more than once")
+            raise ValueError(
+                f"prompt set {self.name!r}: first_turn.j2 writes {{{{ images }}}} more than once"
+            )
         head, tail = text.split(_IMAGES_MARKER)
         return Message("user", _merge_text([head, *sample.images, tail]))
 
