@@ -100,7 +100,9 @@ def test_imported_set_reproduces_the_original_layout_token_for_token(tiny_model_
     ]
     assert main(cmd) == 0
     renderer = load_processor(tiny_model_dir)
+    assert renderer.template_system_prompt() is None  # the tiny model's template writes no system prompt
     renderer.tokenizer.chat_template = TEMPLATE
+    assert renderer.template_system_prompt() == "You are a helpful assistant."
     tok, sp = renderer.tokenizer, renderer.special
 
     question = "Which bird is this?"
