@@ -97,7 +97,12 @@ def test_launch_lines_count() -> None:
 def test_print_config_accepts_the_released_launch_script(tmp_path: Path) -> None:
     lines = [x.replace("TRAIN", str(tmp_path / "train.parquet")).replace("VAL", str(tmp_path / "val.parquet"))
              for x in LAUNCH_LINES] + README_KEYS  # fmt: skip
-    cmd = [sys.executable, "-m", "mmsearch_r1.cli", "train", "--print-config", *lines]
+    # run as a user would, and check that checking a launch line loads no model code (no torch)
+    code = (
+        "import sys; from mmsearch_r1.cli import main; rc = main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    cmd = [sys.executable, "-c", code, "train", "--print-config", *lines]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
