@@ -107,3 +107,26 @@ def test_sft_builder_follows_the_profile() -> None:
     assert "<information>" in conv.messages[2].content[0]
     with pytest.raises(ValueError, match="turn 1 ends the conversation \\(no_action\\)"):
         build_conversation(SAMPLE, [("no action", None), (ANSWER, None)], protocol=PROFILES["original"])
+
+
+def test_sft_builder_follows_the_layout(tmp_path) -> None:
+    (tmp_path / "set").mkdir()
+    for name in ("first_turn", "after_image_search", "after_text_search", "refusal"):
+        (tmp_path / "set" / f"{name}.j2").write_text(
+            "{{ question }}{% if results is defined %}{{ results }}{% endif %}"
+        )
+    (tmp_path / "set" / "layout.yaml").write_text("system: template_default\n")
+    with pytest.raises(ValueError, match="default system prompt, but none was given"):
+        build_conversation(
+            SAMPLE, [(ANSWER, None)], protocol=PROFILES["default"], prompt_set=str(tmp_path / "set")
+        )
+    conv = build_conversation(
+        SAMPLE,
+        [(ANSWER, None)],
+        protocol=PROFILES["default"],
+        prompt_set=str(tmp_path / "set"),
+        template_system="S",
+    )
+    assert [m.role for m in conv.messages] == ["system", "user", "assistant"] and conv.messages[
+        0
+    ].content == ["S"]

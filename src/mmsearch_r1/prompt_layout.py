@@ -52,8 +52,8 @@ class Layout:
         if self.system == "template_default":
             if template_default is None:
                 raise ValueError(
-                    "the prompt set's layout asks for the chat template's default system prompt, "
-                    "but the renderer's chat template has none"
+                    "the prompt set's layout asks for the chat template's default system prompt, but none was "
+                    "given (the renderer's chat template writes none)"
                 )
             return template_default
         return self.system

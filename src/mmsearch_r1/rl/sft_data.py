@@ -220,8 +220,12 @@ def build_conversation(
     protocol: ProtocolConfig,
     prompt_set: str = "default",
     conversation_id: str | None = None,
+    template_system: str | None = None,
 ) -> Conversation:
     """The conversation the agent loop would build if the policy wrote `turns`.
+
+    The first messages follow the prompt set's layout (`PromptSet.first_messages`); a layout that asks for the
+    chat template's default system prompt needs it as `template_system` (`ChatRenderer.template_system_prompt()`).
 
     Each turn is (assistant text, the result of its search or None). A search the protocol allows needs its
     `ToolResult`; a refused action gets the loop's refusal turn. The conversation must end where
@@ -229,7 +233,7 @@ def build_conversation(
     otherwise.
     """
     prompts = get_prompt_set(prompt_set)
-    messages = [prompts.first_turn(sample, protocol)]
+    messages = prompts.first_messages(sample, protocol, template_system)
     state = turns_rules.TurnState()
     for i, (text, result) in enumerate(turns):
         if i >= protocol.max_turns:
