@@ -167,3 +167,10 @@ def test_failed_search_turn_is_the_tools_message_alone(tmp_path: Path) -> None:
         "text_search", ["[Text Search Results] error\n"], ok=False, question="q", allowed=[], turns_left=1
     )
     assert parts == ["[Text Search Results] error\n"]
+
+
+def test_missing_imported_set_says_how_to_make_it(tmp_path: Path) -> None:
+    from mmsearch_r1.rollout.prompts import PromptSet
+
+    with pytest.raises(FileNotFoundError, match="prompts import-original"):
+        PromptSet(str(tmp_path / "prompts" / "original"))

@@ -55,7 +55,10 @@ class PromptSet:
         self.name = name
         directory = Path(name) if ("/" in name or name.startswith(".")) else None
         if directory is not None and not directory.is_dir():
-            raise FileNotFoundError(f"prompt set directory {name!r} does not exist")
+            raise FileNotFoundError(
+                f"prompt set directory {name!r} does not exist (for the original's prompts, write it with "
+                "`mmsearch-r1 prompts import-original DIR OUT`)"
+            )
 
         def load(template: str) -> str:
             if directory is not None:
