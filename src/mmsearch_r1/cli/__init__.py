@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "sft",
     "eval",
     "report",
+    "app",
 ]
 
 
