@@ -65,7 +65,8 @@ def build_ask_tab(gr: Any, agent: Any, examples: list[list[str]], temp_root: Pat
     )
     with gr.Row():
         with gr.Column(scale=1):
-            image = gr.Image(type="filepath", label="Image", sources=["upload"], elem_id="ask-image")
+            upload = gr.File(label="Upload an image", type="filepath", elem_id="ask-upload")
+            image = gr.Image(type="filepath", label="Question image", interactive=False, elem_id="ask-image")
             question = gr.Textbox(label="Question", elem_id="ask-question", lines=2)
             gold = gr.Textbox(label="Gold answers (optional, ' | ' between answers)", elem_id="ask-gold")
             with gr.Row():
@@ -80,6 +81,20 @@ def build_ask_tab(gr: Any, agent: Any, examples: list[list[str]], temp_root: Pat
                 )
         with gr.Column(scale=2):
             out = gr.HTML(value="", elem_id="ask-output")
+
+    def on_upload(path: Any):
+        from mmsearch_r1.types import ImageData
+
+        if not path:
+            return None, ""
+        try:
+            ImageData(path=str(path)).load()
+        except (ValueError, OSError) as e:
+            name = Path(str(path)).name
+            return None, message_html(f"That file is not an image this app can read: {name} ({e}).")
+        return str(path), ""
+
+    upload.upload(on_upload, upload, [image, out])
 
     def run(image_path: Any, q: str, g: str, temp: float, turns: float):
         from mmsearch_r1.types import ImageData

@@ -72,7 +72,7 @@ def build_app(settings: AppSettings) -> tuple[Any, Callable[[], None]]:
         if settings.model_dir is not None:
             agent = Agent(AgentSetup(settings.model_dir, settings.config, tools=settings.tools))
         examples = write_examples(settings.world_dir, temp_root / "examples") if settings.world_dir else []
-        with gr.Blocks(title="mmsearch-r1", analytics_enabled=False) as blocks:
+        with gr.Blocks(title="mmsearch-r1", analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
             gr.Markdown("# mmsearch-r1: ask with an image, watch the search; browse a run's trajectories")
             with gr.Tab("Ask", elem_id="tab-ask"):
                 build_ask_tab(gr, agent, examples, temp_root)

@@ -321,6 +321,7 @@ CSS = """
 .mm-finish {color: #666; font-size: 12px}
 .mm-reward td {padding: 1px 8px; border: 1px solid #ddd}
 .mm-running {color: #888; font-style: italic}
+.mm-msg-error {color: #c0392b; font-weight: bold; padding: 8px}
 """
 
 
