@@ -94,6 +94,9 @@ def app(tmp_path_factory: pytest.TempPathFactory):
     (bad / "samples.jsonl").write_text("\n".join([good[0], '{"id": "cut', *good[1:]]) + "\n")
 
     port = _free_port()
+    tmp = work / "tmp"  # the app's temporary files (examples, uploads) go here and must be gone after it stops
+    tmp.mkdir()
+    env.update(TMPDIR=str(tmp), GRADIO_TEMP_DIR=str(tmp / "gradio"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "mmsearch_r1.cli", "app", "--port", str(port)],  # defaults: runs/demo
         cwd=work,
@@ -109,9 +112,11 @@ def app(tmp_path_factory: pytest.TempPathFactory):
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            raise
+    assert proc.returncode == 0 and not list(tmp.glob("mmsearch_r1_app_*")), proc.stdout.read()[-2000:]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,9 +118,23 @@ def launch(blocks: Any, settings: AppSettings, *, block: bool = True) -> Any:
 
 
 def serve(settings: AppSettings) -> None:
+    """Build and serve until interrupted (Ctrl-C or SIGTERM); the temporary files are removed either way."""
+    import signal
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
     blocks, cleanup = build_app(settings)
     try:
-        launch(blocks, settings, block=True)
+        launch(blocks, settings, block=False)
+        old = signal.signal(signal.SIGTERM, on_term)  # after launch, which installs its own handlers
+        try:
+            while True:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, old)
     finally:
         blocks.close()
         cleanup()
