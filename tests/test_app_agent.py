@@ -59,7 +59,8 @@ def test_ask_streams_turns_tool_results_and_reward(world, tiny_model_dir) -> Non
     assert len(search.thumbnails) == cfg.search.top_k and all(t is not None for t in search.thumbnails)
     assert last.final_answer == gold and last.correct is True
     assert last.reward["acc"] == 1.0 and last.reward["format"] == 1.0
-    assert last.reward["total"] == pytest.approx(0.9 * cfg.reward.search_penalty + 0.1)
+    fw = cfg.reward.format_weight  # (1 - a) * acc * (1 - search penalty) + a * format, one search made
+    assert last.reward["total"] == pytest.approx((1 - fw) * (1 - cfg.reward.search_penalty) + fw)
     html = trajectory_html(last)
     assert html.count('class="mm-thumb"') == cfg.search.top_k and "(correct)" in html
     assert "mm-qimg" in html

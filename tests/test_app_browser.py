@@ -94,7 +94,8 @@ def app(tmp_path_factory: pytest.TempPathFactory):
     (bad / "samples.jsonl").write_text("\n".join([good[0], '{"id": "cut', *good[1:]]) + "\n")
 
     port = _free_port()
-    tmp = work / "tmp"  # the app's temporary files (examples, uploads) go here and must be gone after it stops
+    # the app's temporary files (examples, uploads) go here and must be gone after it stops
+    tmp = work / "tmp"
     tmp.mkdir()
     env.update(TMPDIR=str(tmp), GRADIO_TEMP_DIR=str(tmp / "gradio"))
     proc = subprocess.Popen(
