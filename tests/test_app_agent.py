@@ -3,6 +3,8 @@ the demo world's local search indexes, reported turn by turn, with the reward wh
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mmsearch_r1.app.agent import Agent, AgentSetup
@@ -86,3 +88,16 @@ def test_ask_with_the_model_itself_and_bad_inputs(world, tiny_model_dir, tmp_pat
     ]:
         with pytest.raises(ValueError, match=match):
             list(agent.ask(**kwargs))
+
+
+def test_app_without_a_model_says_how_to_make_one_and_cleans_up() -> None:
+    from mmsearch_r1.app.ask_tab import NO_MODEL
+    from mmsearch_r1.app.server import AppSettings, build_app
+
+    blocks, cleanup = build_app(AppSettings())
+    values = [getattr(b, "value", None) for b in blocks.blocks.values()]
+    assert NO_MODEL in values
+    (temp,) = [Path(p) for p in blocks.mm_allowed]
+    assert temp.is_dir()
+    cleanup()
+    assert not temp.exists()

@@ -196,12 +196,14 @@ def test_runs_tab_curves_filters_and_bad_dirs(app, page, tmp_path) -> None:
         traj = page.locator("#runs-traj")
         page.wait_for_selector("#runs-traj .mm-final:has-text('(correct)')")
         assert traj.locator(".mm-tool").count() >= 1
-    page.locator("#runs-searched label", has_text="any").click()
-    page.locator("#runs-correct label", has_text="any").click()
+    time.sleep(1)  # let the trajectory picker settle before the picture
     shot = tmp_path / "runs.png"
     page.screenshot(path=str(shot), full_page=True)
     _non_blank(shot)
     shutil.copy(shot, work / "runs.png")
+    page.locator("#runs-searched label", has_text="any").click()
+    page.locator("#runs-correct label", has_text="any").click()
+    page.wait_for_selector(f"#runs-count:has-text('{len(samples)} of {len(samples)} trajectories match')")
 
     # the SFT and GRPO evaluations of the same question side by side
     assert page.locator("#runs-left-traj .mm-traj").count() == 1

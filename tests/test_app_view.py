@@ -214,3 +214,26 @@ def test_host_check() -> None:
     with pytest.raises(ValueError, match="--allow-remote"):
         check_host("0.0.0.0", False)
     assert "no authentication" in check_host("0.0.0.0", True)
+
+
+def test_cli_refuses_a_remote_host_without_the_flag(capsys) -> None:
+    from mmsearch_r1.cli import main
+
+    assert main(["app", "--host", "0.0.0.0", "--port", "7999"]) == 1
+    err = capsys.readouterr().err
+    assert "--host 0.0.0.0: not a loopback address" in err and "--allow-remote" in err
+    assert main(["app", "--port", "0"]) == 1
+    assert "--port 0: not a port number" in capsys.readouterr().err
+
+
+def test_side_by_side_lists_changed_search_behaviour_first(tmp_path: Path) -> None:
+    from mmsearch_r1.app.runs_tab import common_ids
+
+    for name, searched in (("sft", [True, True, False]), ("grpo", [True, False, False])):
+        d = tmp_path / name
+        d.mkdir()
+        lines = [_eval_line(i, "world_head", s, True, 1.0) for i, s in enumerate(searched)]
+        (d / "samples.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    ids = common_ids(str(tmp_path / "sft" / "samples.jsonl"), str(tmp_path / "grpo" / "samples.jsonl"))
+    assert [i for _, i in ids] == ["q1", "q0", "q2"]
+    assert "(searched | no search)" in ids[0][0]

@@ -68,7 +68,7 @@ def build_ask_tab(gr: Any, agent: Any, examples: list[list[str]], temp_root: Pat
             upload = gr.File(label="Upload an image", type="filepath", elem_id="ask-upload")
             image = gr.Image(type="filepath", label="Question image", interactive=False, elem_id="ask-image")
             question = gr.Textbox(label="Question", elem_id="ask-question", lines=2)
-            gold = gr.Textbox(label="Gold answers (optional, ' | ' between answers)", elem_id="ask-gold")
+            gold = gr.Textbox(label="Gold answers (optional; | between several)", elem_id="ask-gold")
             with gr.Row():
                 temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.1, label="Temperature (0 = greedy)")
                 max_turns = gr.Slider(

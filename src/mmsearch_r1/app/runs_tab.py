@@ -127,11 +127,19 @@ def compare(left: str | None, right: str | None, key: str | None) -> tuple[str, 
 
 
 def common_ids(left: str | None, right: str | None) -> list[tuple[str, str]]:
+    """(label, id) of the questions in both files; those whose search behaviour differs come first."""
     if not left or not right:
         return []
     a = _records(left).records
-    b = {r.id for r in _records(right).records}
-    return [(f"{r.id} [{r.data_source}] {r.question[:50]}", r.id) for r in a if r.id in b]
+    b = {r.id: r for r in _records(right).records}
+    rows = []
+    for r in a:
+        if r.id not in b:
+            continue
+        s1, s2 = r.searched, b[r.id].searched
+        what = f"{'searched' if s1 else 'no search'} | {'searched' if s2 else 'no search'}"
+        rows.append((s1 == s2, (f"{r.id} [{r.data_source}] ({what}) {r.question[:50]}", r.id)))
+    return [row for _, row in sorted(rows, key=lambda x: x[0])]
 
 
 def build_runs_tab(gr: Any, blocks: Any, default_root: str) -> None:
