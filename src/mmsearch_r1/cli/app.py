@@ -33,6 +33,8 @@ def register(subparsers: Any) -> None:
 
 
 def _app(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from mmsearch_r1.app.server import AppSettings, check_host, demo_defaults, serve
     from mmsearch_r1.config import Config
     from mmsearch_r1.config_io import load_config
@@ -40,6 +42,9 @@ def _app(args: argparse.Namespace) -> int:
     warning = check_host(args.host, args.allow_remote)
     if not 0 < args.port < 65536:
         raise ValueError(f"--port {args.port}: not a port number")
+    if importlib.util.find_spec("gradio") is None:
+        print("error: the app needs Gradio: pip install 'mmsearch-r1[app]'", file=sys.stderr)
+        return 1
     demo = demo_defaults()
     model = Path(args.model) if args.model else demo.get("model_dir")
     if model is not None and not model.is_dir():
