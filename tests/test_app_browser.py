@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from mmsearch_r1.eval.records import read_records
+
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -188,6 +190,13 @@ def test_runs_tab_curves_filters_and_bad_dirs(app, page, tmp_path) -> None:
     page.wait_for_selector("canvas, svg.marks, .vega-embed")  # the curves are drawn
 
     samples = [json.loads(x) for x in (work / "runs/demo/eval/grpo/samples.jsonl").read_text().splitlines()]
+    # the training traces name their data source (the source filter works on them too)
+    traces = [
+        r
+        for p in sorted((work / "runs/demo/grpo/traces").glob("step_*.jsonl"))
+        for r in read_records(p).records
+    ]
+    assert traces and {r.data_source for r in traces} <= {"world_head", "world_tail"}
     want = sum(1 for r in samples if r["em"] and (r["n_image_searches"] + r["n_text_searches"]) > 0)
     page.locator("#runs-searched label", has_text="yes").click()
     page.locator("#runs-correct label", has_text="yes").click()
