@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "sft",
     "eval",
     "report",
+    "app",
 ]
 
 

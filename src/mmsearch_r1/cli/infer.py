@@ -139,27 +139,8 @@ def _infer(args: argparse.Namespace) -> int:
 
 
 def _print(traj: Any) -> None:
-    out = sys.stdout
-    print(f"question: {traj.question}", file=out)
-    if traj.error:
-        print(f"error: {traj.error}", file=out)
-    for turn in traj.turns:
-        print(f"\n=== assistant turn {turn.index + 1} ({turn.n_sampled} tokens) ===", file=out)
-        print(turn.text.strip(), file=out)
-        act = turn.action
-        what = act.kind if act.kind != "invalid" else f"invalid: {act.reason}"
-        print(f"--- action: {what}{': ' + act.content if act.content else ''}", file=out)
-        if turn.refusal and act.kind != "invalid":
-            print(f"--- refused: {turn.refusal}", file=out)
-        if turn.tool is not None:
-            t = turn.tool
-            status = "ok" if t.ok else f"error: {t.error}"
-            print(
-                f"--- {t.name} ({status}, {t.latency_s:.2f} s, {t.n_images_shown}/{t.n_images} images shown)"
-            )
-            for line in t.text.replace("<image>", "[image] ").splitlines():
-                if line.strip():
-                    print(f"    {line.strip()}", file=out)
+    from mmsearch_r1.app.view import trajectory_text, view_from_trajectory  # the app's renderer, as text
+
+    print(trajectory_text(view_from_trajectory(traj)), file=sys.stdout)
     sizes = ", ".join(f"{'x'.join(map(str, getattr(im, 'size', ())))}" for im in traj.images)
-    print(f"\nimages in context: {len(traj.images)} ({sizes})", file=out)
-    print(f"finish: {traj.finish_reason}", file=out)
+    print(f"images in context: {len(traj.images)} ({sizes})", file=sys.stdout)

@@ -368,7 +368,14 @@ def train(
             with open(run / "traces" / f"step_{done:04d}.jsonl", "w", encoding="utf-8") as fh:
                 for t, r in list(zip(trajs, rewards, strict=True))[: t_cfg.traces_per_step]:
                     fh.write(
-                        json.dumps({**t.to_json(renderer.decode), "reward": r.to_dict()}, ensure_ascii=False)
+                        json.dumps(
+                            {
+                                **t.to_json(renderer.decode),
+                                "reward": r.to_dict(),
+                                "data_source": by_id[t.sample_id].data_source,
+                            },
+                            ensure_ascii=False,
+                        )
                         + "\n"
                     )
         model.eval()
