@@ -171,7 +171,7 @@ def _decode_image(b64: str) -> ImageData:
     try:
         with Image.open(io.BytesIO(raw)) as im:
             im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ServiceError(400, "bad_request", f"field 'image_b64': not a decodable image ({e})") from None
     return ImageData(bytes=raw)
 
