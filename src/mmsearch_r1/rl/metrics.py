@@ -128,8 +128,10 @@ class MetricLogger:
                 raise ValueError(
                     "trainer.log_wandb=true but wandb is not installed (pip install wandb)"
                 ) from e
+            from mmsearch_r1.search.secrets import redact_secrets
+
             self.wandb = wandb_mod.init(
-                project=wandb_project, dir=str(run_dir), config=dict(config or {}), resume="allow"
+                project=wandb_project, dir=str(run_dir), config=redact_secrets(dict(config or {})), resume="allow"
             )
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:

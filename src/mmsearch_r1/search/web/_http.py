@@ -1,9 +1,8 @@
 """Shared plumbing for the web API clients: secrets that never print, URL scrubbing, one HTTP call.
 
-- `Secret` holds an API key; its repr/str are `'***'`. `api_key_from(explicit, env_name)` reads it.
-- Every secret created is registered with `scrub`, which replaces known key values and any `api_key=` /
-  `key=` / `Bearer` value in a string. A logging filter applying `scrub` is installed on the `httpx` and
-  `httpcore` loggers (httpx logs each request URL at INFO, and SerpApi puts the key in the URL).
+- `Secret` (from `search/secrets.py`) holds an API key; `api_key_from(explicit, env_name)` reads it. A logging
+  filter applying `secrets.scrub` is installed on the `httpx` and `httpcore` loggers (httpx logs each request
+  URL at INFO, and SerpApi puts the key in the URL).
 - `ApiHttp.send` makes one request with explicit connect/read timeouts and maps transport failures to
   retryable `SearchError`s whose messages name the service and never the URL's query string.
 """
@@ -12,58 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import threading
 from typing import Any
 
 import httpx
 
 from mmsearch_r1.search.base import BackendStopped, SearchError
+from mmsearch_r1.search.secrets import Secret, scrub
 
-_SECRETS: set[str] = set()
-_LOCK = threading.Lock()
-_PATTERNS = [
-    re.compile(r"(?i)(api_key|apikey|key|token)=([^&\s\"'#]+)"),
-    re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]+)"),
-]
-
-
-def scrub(text: str) -> str:
-    """Remove every registered secret and any key-looking query value or bearer token from text."""
-    with _LOCK:
-        secrets = sorted(_SECRETS, key=len, reverse=True)
-    for s in secrets:
-        text = text.replace(s, "***")
-    for pat in _PATTERNS:
-        text = pat.sub(
-            lambda m: m.group(1) + ("" if m.group(1).lower().startswith("bearer") else "=") + "***", text
-        )
-    return text
-
-
-class Secret:
-    """An API key. Prints as '***'; `.value` gives the key to the one place that sends it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-        if len(value) >= 6:  # shorter strings are not real keys, and scrubbing them would mangle text
-            with _LOCK:
-                _SECRETS.add(value)
-
-    @property
-    def value(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __repr__(self) -> str:
-        return "'***'"
-
-    __str__ = __repr__
-
+__all__ = ["ApiHttp", "Secret", "api_key_from", "error_text", "json_or_error", "scrub", "stop_or_raise"]
 
 def api_key_from(explicit: str | None, env_name: str | None, *, required: bool, service: str) -> Secret:
     """The key given explicitly, else from the environment variable env_name; error if required and absent."""

@@ -12,7 +12,9 @@ Credits: one per successful search (failed searches are not charged).
 Lens: searches by `url=` when the `ImageQuery` has a url; otherwise uploads the image bytes to
 `upload_url` (multipart field `upload_field`, JPG/PNG/WebP re-encoded/downscaled to fit `upload_max_bytes`),
 reads the returned reference (`image_id`, or a `url`) and searches with it. The upload endpoint is configurable
-because SerpApi documents uploads only loosely; point it at your own uploader if needed. `visual_matches` are
+because SerpApi documents uploads only loosely; point it at your own uploader if needed. The SerpApi key is sent
+to the upload endpoint only when it has SerpApi's own origin (the `base_url`'s scheme, host and port); your own
+uploader never receives it. `visual_matches` are
 sorted by `position` (which may have gaps), sliced to k, and each thumbnail is downloaded with the SSRF-safe
 fetcher (image types only, byte cap, must decode); a thumbnail that fails is dropped and its title kept.
 Google: `engine=google`, `q`, optional `gl`/`hl`/`location`/`safe`; no `num` (first page, sliced to k).
@@ -24,6 +26,7 @@ import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 from mmsearch_r1.search.base import (
     IMAGE_BACKENDS,
@@ -190,6 +193,8 @@ class SerpApiLens(_SerpApi):
         super().__init__(extra_params=extra, timeout_s=timeout_s, **kwargs)
         self.name = "serpapi_lens"
         self.upload_url = upload_url
+        # the key goes only to SerpApi itself: an uploader on another origin (your own) never receives it
+        self._upload_is_serpapi = bool(upload_url) and _origin(upload_url) == _origin(self.base_url)
         self.upload_field = upload_field
         self.upload_max_bytes = upload_max_bytes
         self.fetcher = SafeFetcher(**(fetch or {}))
@@ -246,7 +251,7 @@ class SerpApiLens(_SerpApi):
         resp = self.http.send(
             "POST",
             self.upload_url,
-            params={"api_key": self._key.value},
+            params={"api_key": self._key.value} if self._upload_is_serpapi else None,
             files={self.upload_field: ("image" + _EXT[mime], payload, mime)},
         )
         if resp.status_code != 200:
@@ -271,6 +276,16 @@ class SerpApiLens(_SerpApi):
         if url:
             return {"url": str(url)}
         raise SearchError("serpapi upload: response has no image_id or url")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port or default
 
 
 _EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp"}
