@@ -32,7 +32,11 @@ def test_bad_thumbnail_fails_the_run_and_keeps_the_existing_output(tmp_path: Pat
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(ValueError) as ei:  # BadCacheItem
         convert_image_cache(_dump(BAD, tmp_path / "bad.pkl"), out)
-    assert getattr(ei.value, "key", None) == "b" and "undecodable thumbnail" in str(ei.value) and "'b'" in str(ei.value)
+    assert (
+        getattr(ei.value, "key", None) == "b"
+        and "undecodable thumbnail" in str(ei.value)
+        and "'b'" in str(ei.value)
+    )
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before  # the good output is untouched
     assert list(load_image_cache(out)) == ["a"]

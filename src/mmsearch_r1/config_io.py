@@ -398,7 +398,12 @@ def reward_protocol_errors(reward: dict[str, Any], protocol: dict[str, Any]) -> 
     for key, lo in (("penalty_warmup_steps", 0),):
         if isinstance(reward[key], bool) or not isinstance(reward[key], int) or reward[key] < lo:
             errs.append(f"reward.{key}={reward[key]!r} must be an integer >= {lo}")
-    for key, lo in (("max_turns", 1), ("max_searches", 0), ("max_image_searches", 0), ("max_text_searches", 0)):
+    for key, lo in (
+        ("max_turns", 1),
+        ("max_searches", 0),
+        ("max_image_searches", 0),
+        ("max_text_searches", 0),
+    ):
         v = protocol[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             errs.append(f"protocol.{key}={v!r} must be an integer >= {lo}")

@@ -44,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("input", help="the .pkl file")
     c.add_argument("out_dir", help="replaced atomically, only when the whole conversion succeeds")
     c.add_argument(
-        "--skip-bad", action="store_true", help="leave out (and list) keys that cannot be converted, else fail"
+        "--skip-bad",
+        action="store_true",
+        help="leave out (and list) keys that cannot be converted, else fail",
     )
     c.set_defaults(func=_convert_image_cache)
     # benchmark converters: `mmsearch_r1/cli/data_convert.py` defines add_convert_command(dsub)

@@ -37,16 +37,28 @@ def add_serve_command(search_subparsers: Any) -> None:
     s.add_argument("--max-request-bytes", type=int, default=16 * 1024 * 1024, help="request body limit")
     s.add_argument("--workers", type=int, default=32, help="threads for blocking backend calls")
     s.add_argument(
-        "--header-timeout-s", type=float, default=10.0, help="a request head must arrive within this (default 10)"
+        "--header-timeout-s",
+        type=float,
+        default=10.0,
+        help="a request head must arrive within this (default 10)",
     )
     s.add_argument(
-        "--body-timeout-s", type=float, default=30.0, help="a request body must arrive within this (default 30)"
+        "--body-timeout-s",
+        type=float,
+        default=30.0,
+        help="a request body must arrive within this (default 30)",
     )
     s.add_argument(
-        "--idle-timeout-s", type=float, default=5.0, help="close an idle kept-alive connection after (default 5)"
+        "--idle-timeout-s",
+        type=float,
+        default=5.0,
+        help="close an idle kept-alive connection after (default 5)",
     )
     s.add_argument(
-        "--max-connections", type=int, default=256, help="open connections beyond this are closed (default 256)"
+        "--max-connections",
+        type=int,
+        default=256,
+        help="open connections beyond this are closed (default 256)",
     )
     s.add_argument("--no-text", action="store_true", help="do not serve text search")
     s.add_argument("--no-image", action="store_true", help="do not serve image search")

@@ -194,7 +194,9 @@ def _convert_key(key: str, value: Any, images_dir: Path, counts: dict[str, int])
                     name = _safe_name(key, i)
                     img.convert("RGB").save(images_dir / name, format="PNG")
                 except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad image
-                    raise BadCacheItem(key, f"result {i}: undecodable thumbnail ({type(e).__name__}: {e})") from None
+                    raise BadCacheItem(
+                        key, f"result {i}: undecodable thumbnail ({type(e).__name__}: {e})"
+                    ) from None
                 written.append(images_dir / name)
                 rec["thumbnail"] = f"images/{name}"
             results.append(rec)

@@ -45,7 +45,9 @@ def inspect_files(paths: Sequence[str | Path], max_errors: int = 5) -> dict[str,
             except Exception as e:  # noqa: BLE001 - any decode failure makes this a bad row
                 n_bad += 1
                 if len(bad) < max_errors:
-                    bad.append(f"{path} row {index} field 'images': cannot decode image ({type(e).__name__}: {e})")
+                    bad.append(
+                        f"{path} row {index} field 'images': cannot decode image ({type(e).__name__}: {e})"
+                    )
                 continue
             sources[s.data_source] += 1
             categories[s.category or "(none)"] += 1

@@ -82,7 +82,12 @@ class GuardMiddleware:
     """
 
     def __init__(
-        self, app: Any, token: str | None, max_request_bytes: int, counters: Counters, body_timeout_s: float = 30.0
+        self,
+        app: Any,
+        token: str | None,
+        max_request_bytes: int,
+        counters: Counters,
+        body_timeout_s: float = 30.0,
     ) -> None:
         self.app = app
         self._token = token.encode() if token else None
@@ -118,7 +123,9 @@ class GuardMiddleware:
                 await _send_json(send, 400, error_body("bad_request", "bad Content-Length header"))
                 return
             if n > self.max_bytes:
-                await self._too_large(send, f"request body too large: {n} bytes > limit {self.max_bytes} bytes")
+                await self._too_large(
+                    send, f"request body too large: {n} bytes > limit {self.max_bytes} bytes"
+                )
                 return
         chunks: list[dict] = []
         total = 0
@@ -294,7 +301,8 @@ def service_server(
         port=port,
         http=_timed_protocol(header_timeout_s, max_connections),
         timeout_keep_alive=idle_timeout_s,
-        limit_concurrency=max_connections + 1,  # a request on an admitted connection is never refused with 503
+        # a request on an admitted connection is never refused with 503
+        limit_concurrency=max_connections + 1,
         log_level=log_level,
         access_log=False,
         lifespan="on",

@@ -20,6 +20,7 @@ from mmsearch_r1.search.secrets import Secret, scrub
 
 __all__ = ["ApiHttp", "Secret", "api_key_from", "error_text", "json_or_error", "scrub", "stop_or_raise"]
 
+
 def api_key_from(explicit: str | None, env_name: str | None, *, required: bool, service: str) -> Secret:
     """The key given explicitly, else from the environment variable env_name; error if required and absent."""
     value = explicit if explicit is not None else (os.environ.get(env_name, "") if env_name else "")
