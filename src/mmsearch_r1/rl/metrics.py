@@ -98,6 +98,24 @@ def rollout_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
+SEARCH_COMPONENTS = (("image", "image_search", "backend"), ("text", "text_search", "backend"),
+                     ("read", "text_search", "reader"), ("summarize", "text_search", "summarizer"))  # fmt: skip
+SEARCH_COUNTERS = ("calls", "errors", "retries", "collapsed")
+
+
+def search_counters(tools: Mapping[str, Any]) -> dict[str, float]:
+    """Process totals `search/{image,text,read,summarize}/{calls,errors,retries,collapsed}` from the search
+    backends' own counters (retries and collapsed come from `search.resilience`; errors are calls that failed
+    after retries). The trainer logs per-step differences of these."""
+    out: dict[str, float] = {}
+    for kind, tool_name, attr in SEARCH_COMPONENTS:
+        comp = getattr(tools.get(tool_name), attr, None)
+        counters = getattr(comp, "counters", None)
+        for name in SEARCH_COUNTERS:
+            out[f"search/{kind}/{name}"] = float(counters.get(name)) if counters is not None else 0.0
+    return out
+
+
 class MetricLogger:
     """JSONL always; TensorBoard and wandb on request. `log(step, metrics)`; `close()` at the end."""
 

@@ -46,7 +46,7 @@ from mmsearch_r1.rl import checkpoint as ckpt
 from mmsearch_r1.rl import distributed as D
 from mmsearch_r1.rl.batch import PolicyForward, collate, index_stream, micro_batches, seed_all
 from mmsearch_r1.rl.grpo import agg_normalizer, filter_groups_dynamic, group_advantages, grpo_loss
-from mmsearch_r1.rl.metrics import MetricLogger, rollout_metrics, trajectory_row
+from mmsearch_r1.rl.metrics import MetricLogger, rollout_metrics, search_counters, trajectory_row
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,7 @@ def train(
         if logger:
             logger.log(0, m)
 
+    search_seen = search_counters(tools)  # per-step differences are logged, summed over ranks
     W, n, share = info.world_size, r_cfg.n, t_cfg.prompts_per_step // info.world_size
     n_mini = t_cfg.prompts_per_step // t_cfg.mini_batch_prompts
     for step in range(start, t_cfg.total_steps):
@@ -359,6 +360,11 @@ def train(
         all_rows = [r for part in D.all_gather_objects(rows, info) for r in part]
         metrics.update(rollout_metrics(all_rows))
         metrics["rollout/dynamic_rounds"] = float(rounds)
+        search_now = search_counters(tools)
+        keys = list(search_now)
+        diffs = D.all_reduce_sums([search_now[k] - search_seen[k] for k in keys], info)
+        metrics.update(zip(keys, diffs, strict=True))
+        search_seen = search_now
         metrics["rollout/trained_trajectories"] = D.all_reduce_sums([float(len(usable))], info)[0]
         seq_tokens = D.all_reduce_sums([float(sum(len(t.input_ids) for t, _ in usable))], info)[0]
         metrics["perf/time_step_s"] = time.perf_counter() - t_step
