@@ -3,6 +3,8 @@
 - `Secret` (from `search/secrets.py`) holds an API key; `api_key_from(explicit, env_name)` reads it. A logging
   filter applying `secrets.scrub` is installed on the `httpx` and `httpcore` loggers (httpx logs each request
   URL at INFO, and SerpApi puts the key in the URL).
+- `UpstreamGuard` is the error handling the clients share: `calls`/`errors` counting and the permanent stop
+  after a `BackendStopped`.
 - `ApiHttp.send` makes one request with explicit connect/read timeouts and maps transport failures to
   retryable `SearchError`s whose messages name the service and never the URL's query string.
 """
@@ -11,14 +13,20 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 
-from mmsearch_r1.search.base import BackendStopped, SearchError
+from mmsearch_r1.search.base import BackendStopped, Counters, SearchError
 from mmsearch_r1.search.secrets import Secret, scrub
 
-__all__ = ["ApiHttp", "Secret", "api_key_from", "error_text", "json_or_error", "scrub", "stop_or_raise"]
+__all__ = [
+    "ApiHttp", "Secret", "UpstreamGuard", "api_key_from", "error_text", "json_or_error", "scrub", "stop_or_raise",
+]  # fmt: skip
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def api_key_from(explicit: str | None, env_name: str | None, *, required: bool, service: str) -> Secret:
@@ -107,3 +115,36 @@ def stop_or_raise(service: str, status: int, message: str, *, stop: bool, retrya
     if stop:
         return BackendStopped(text, status=status)
     return SearchError(text, retryable=retryable, status=status)
+
+
+class UpstreamGuard:
+    """The error handling the web clients share: count `calls` and `errors`, and stop for good after a
+    `BackendStopped` (bad key, out of credit): every later call fails fast, counted, without a request."""
+
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+        self.stopped: BackendStopped | None = None
+
+    def check(self) -> None:
+        """Raise (counted as an error) when stopped."""
+        if self.stopped is not None:
+            self.counters.incr("errors")
+            raise BackendStopped(str(self.stopped), status=self.stopped.status)
+
+    def stop(self, err: BackendStopped) -> None:
+        self.stopped = err
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` as one counted upstream call; a BackendStopped stops this upstream."""
+        self.check()
+        self.counters.incr("calls")
+        try:
+            return fn(*args)
+        except BackendStopped as e:
+            self.stopped = e
+            self.counters.incr("errors")
+            log.error("%s", e)
+            raise
+        except SearchError:
+            self.counters.incr("errors")
+            raise

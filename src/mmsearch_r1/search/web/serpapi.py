@@ -38,7 +38,14 @@ from mmsearch_r1.search.base import (
     SearchError,
     WebHit,
 )
-from mmsearch_r1.search.web._http import ApiHttp, api_key_from, error_text, json_or_error, stop_or_raise
+from mmsearch_r1.search.web._http import (
+    ApiHttp,
+    UpstreamGuard,
+    api_key_from,
+    error_text,
+    json_or_error,
+    stop_or_raise,
+)
 from mmsearch_r1.search.web.fetch import SafeFetcher
 from mmsearch_r1.types import ImageData
 
@@ -72,31 +79,17 @@ class _SerpApi:
             raise ValueError("serpapi: pass the key via api_key/api_key_env, not extra_params")
         self.http = ApiHttp("serpapi", connect_timeout_s=connect_timeout_s, timeout_s=timeout_s)
         self.counters = counters or Counters()
-        self._stopped: BackendStopped | None = None
+        self.guard = UpstreamGuard(self.counters)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, params={self.extra_params})"
 
     def _check_stopped(self) -> None:
-        if self._stopped is not None:
-            self.counters.incr("errors")
-            raise BackendStopped(str(self._stopped), status=self._stopped.status)
+        self.guard.check()
 
     def _get(self, params: dict[str, Any]) -> dict[str, Any]:
         """One search request; returns the JSON body of a successful search (or raises)."""
-        self._check_stopped()
-        self.counters.incr("calls")
-        try:
-            data = self._get_once(params)
-        except BackendStopped as e:
-            self._stopped = e
-            self.counters.incr("errors")
-            log.error("%s", e)
-            raise
-        except SearchError:
-            self.counters.incr("errors")
-            raise
-        return data
+        return self.guard.call(self._get_once, params)
 
     def _get_once(self, params: dict[str, Any]) -> dict[str, Any]:
         query = {**self.extra_params, **params, "api_key": self._key.value, "output": "json"}
@@ -265,8 +258,8 @@ class SerpApiLens(_SerpApi):
             err = stop_or_raise(
                 "serpapi upload", resp.status_code, msg, stop=stop, retryable=resp.status_code >= 500
             )
-            if stop:
-                self._stopped = err  # type: ignore[assignment]
+            if isinstance(err, BackendStopped):
+                self.guard.stop(err)
             raise err
         data = json_or_error(resp, "serpapi upload")
         ref = data.get("image_id") if isinstance(data, dict) else None
