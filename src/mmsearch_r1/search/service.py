@@ -17,10 +17,16 @@ in-flight collapse and its per-upstream concurrency limits. Endpoints (JSON in, 
 
 Auth: with a token, every path but `/health` needs `Authorization: Bearer <token>` (constant-time compare);
 else 401. A body over `max_request_bytes` is refused with 413, from its Content-Length before any of it is read,
-or as soon as a streamed body passes the limit. Errors are `{"error": {"type", "message", ...}}`:
-400/422 bad_request (names the field), 401 unauthorized, 404 not_configured/not_found, 413 too_large,
-502 search_error (with `retryable`), 503 backend_stopped, 500 internal_error. The client maps them back to
-`SearchError` / `BackendStopped`. Blocking backend calls run in a thread pool of `workers` threads.
+or as soon as the bytes actually received pass the limit; Content-Length together with Transfer-Encoding is a
+413 too; a body not received within `body_timeout_s` is a 408 (`service_support.GuardMiddleware`). Errors are
+`{"error": {"type", "message", ...}}`: 400/422 bad_request (names the field), 401 unauthorized, 404
+not_configured/not_found, 408 timeout, 413 too_large, 502 search_error (with `retryable`), 503 backend_stopped,
+500 internal_error. The client maps them back to `SearchError` / `BackendStopped`. Blocking backend calls run in
+a thread pool of `workers` threads.
+
+Layout: `ServiceState` (the components, pools, stats and settings, on `app.state.svc`) and one plain route
+function per endpoint (`ROUTES`); `create_app` only builds the state and registers them. `/v1/text_search` is
+`search/text_pipeline.py`, the same pipeline the text search tool runs.
 """
 
 from __future__ import annotations
