@@ -113,7 +113,7 @@ def main() -> int:
                 "trainer.keep_last": 2, "trainer.traces_per_step": 0, "trainer.seed": args.seed, "rollout.n": 2,
                 "rollout.max_new_tokens_per_turn": 48, "rollout.max_response_tokens": 1000,
                 "rollout.max_prompt_tokens": 2000, "rollout.max_images": 4, "rollout.max_batch_size": 16,
-                "rollout.schedule": "round_sync", "rollout.tool_workers": 2, "grpo.kl_coef": 0.01,
+                "rollout.schedule": "round_sync", "rollout.tool_workers": 2, "grpo.kl_coef": 0.0,
                 "grpo.logprob_chunk_tokens": 64, "optim.lr": 1e-3, "optim.grad_clip": 1.0,
                 **world, **faulty_search(proxy.url),
             }  # fmt: skip

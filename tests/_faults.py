@@ -1,15 +1,18 @@
 """A fault-injecting HTTP proxy in front of a real search service, on 127.0.0.1 (tests and benchmarks).
 
-`FaultProxy(upstream_url, rate=0.3, seed=0, delay_s=...)` forwards each request to the search service and, for a
-deterministic `rate` share of request bodies (sha256 of seed, path and body), answers instead with one fault:
+`FaultProxy(upstream_url, rate=0.3, seed=0, delay_s=...)` forwards each request to the search service and, for
+about a `rate` share of requests (decided by sha256 of the seed, the path, the body and, for transient faults,
+how many times this body was sent before in the current generation), answers instead with one fault:
 - `http_500`, `http_429`: an error status without a typed body (retryable for the service client);
 - `timeout`: no answer for `delay_s` seconds (set it above the client's `timeout_s`), then the connection closes;
 - `reset`: the connection is reset (RST) after the request is read, with no answer at all;
 - `malformed_json`: a 200 whose body is not JSON (not retryable).
-Transient faults (all but `malformed_json`) hit only the first request with a given body in the current
-*generation* (`new_generation()` starts one: call it when a fresh client process starts), so the client's retry
-succeeds; `malformed_json` hits every request with that body, so the outcome is the same in every process.
-Search outcomes therefore do not depend on where a run was killed and resumed. `injected` counts the faults by
+`malformed_json` is a property of the body (a `rate / 5` share of bodies get it every time, in every process),
+so its outcome, a failed call, is the same wherever a run was killed. The transient faults (the other four) are
+drawn per request, but never for a request whose previous attempt with the same body was faulted, so the
+client's retry succeeds and the call's outcome does not depend on them. `new_generation()` (call it when a fresh
+client process starts) resets the per-body history. Search outcomes therefore do not depend on where a run was
+killed and resumed. `injected` counts the faults by
 kind, over all generations; `/health` is never faulted.
 """
 
@@ -86,10 +89,18 @@ class FaultProxy:
         self.rate = rate
         self.seed = seed
         self.delay_s = delay_s
-        self.http = httpx.Client(base_url=upstream_url, timeout=60.0, trust_env=False)
+        # no kept-alive upstream connections: one the service closed while idle would fail a forwarded request,
+        # an error nobody injected
+        self.http = httpx.Client(
+            base_url=upstream_url,
+            timeout=60.0,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
         self.injected: Counter[str] = Counter()
         self.requests = 0
         self._seen: Counter[bytes] = Counter()
+        self._faulted: dict[bytes, bool] = {}
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
@@ -102,19 +113,23 @@ class FaultProxy:
         h = hashlib.sha256(f"{self.seed}|{path}|".encode() + body).digest()
         with self._lock:
             self.requests += 1
-            first = self._seen[h] == 0
-            self._seen[h] += 1
-            if int.from_bytes(h[:4], "big") / 2**32 >= self.rate:
-                return None
-            kind = KINDS[h[4] % len(KINDS)]
-            if kind != "malformed_json" and not first:
-                return None
-            self.injected[kind] += 1
+            if int.from_bytes(h[:4], "big") / 2**32 < self.rate / len(KINDS):
+                kind: str | None = "malformed_json"
+            else:
+                n = self._seen[h]
+                d = hashlib.sha256(h + n.to_bytes(4, "big")).digest()
+                hit = int.from_bytes(d[:4], "big") / 2**32 < self.rate and not self._faulted.get(h, False)
+                kind = KINDS[d[4] % (len(KINDS) - 1)] if hit else None
+                self._seen[h] = n + 1
+                self._faulted[h] = kind is not None
+            if kind is not None:
+                self.injected[kind] += 1
             return kind
 
     def new_generation(self) -> None:
         with self._lock:
             self._seen.clear()
+            self._faulted.clear()
 
     def start(self) -> FaultProxy:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
