@@ -226,6 +226,8 @@ class GuardedReader:
         return f"GuardedReader({self.inner!r})"
 
     def __getattr__(self, name: str) -> object:  # cache_params, stats, close, ... of the inner reader
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def read(self, url: str) -> object:
