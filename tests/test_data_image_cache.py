@@ -44,7 +44,7 @@ def test_converts_dict_layout_with_pil_numpy_and_urls(tmp_path: Path, protocol: 
     }
     out = tmp_path / "out"
     counts = convert_image_cache(_dump(data, tmp_path / "c.pkl", protocol), out)
-    assert counts == {"keys": 3, "results": 5, "images": 3, "thumbnail_urls": 1}
+    assert counts == {"keys": 3, "results": 5, "images": 3, "thumbnail_urls": 1, "skipped": 0}
     cache = load_image_cache(out)
     r = cache["fvqa_1"]
     assert r[0]["title"] == "Eiffel Tower - Wikipedia"

@@ -130,7 +130,7 @@ def test_cache_written_by_a_subprocess_is_read_here(tmp_path: Path) -> None:
                                "reader": {{"type": "jina", "base_url": {srv.url!r}}},
                                "summarizer": {{"type": "openai", "model": "m"}}}}, cache_path={str(db)!r})
             _, r, _ = build_text_pipeline(cfg)
-            print(r.read("https://example.org/a").text)
+            print(r.read("https://93.184.216.34/a").text)
         """)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
@@ -145,7 +145,7 @@ def test_cache_written_by_a_subprocess_is_read_here(tmp_path: Path) -> None:
             cache_path=str(db),
         )
         _, reader, _ = build_text_pipeline(cfg)
-        assert reader.read("https://example.org/a").text == "Page body from the server."
+        assert reader.read("https://93.184.216.34/a").text == "Page body from the server."
         assert srv.hits == 1 and reader.counters.get("cache_hits") == 1
 
 
@@ -241,7 +241,8 @@ def test_factory_builds_wraps_and_reports_unknown_types(tmp_path: Path) -> None:
         backend, reader, summ = build_text_pipeline(cfg)
         image = build_image_backend(cfg)
         assert isinstance(backend, CachedTextBackend) and isinstance(image, CachedImageBackend)
-        assert type(reader).__name__ == "ResilientReader"  # cache: False
+        assert type(reader).__name__ == "GuardedReader"  # the SSRF guard, outermost
+        assert type(reader.inner).__name__ == "ResilientReader"  # cache: False
         assert backend.inner.inner.http.client.timeout.read == 7.0  # cfg.timeout_s reached the backend
         assert len(backend.search("q", 5)) == 2 and summ.summarize(Page("u", "t", "x"), "q", "q") == "S."
         assert KEY not in repr(backend) and KEY not in repr(image)

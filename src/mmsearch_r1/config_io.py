@@ -273,7 +273,7 @@ def validate(cfg: Config) -> None:
 
     for key, allowed in ENUMS.items():
         need(get(key) in allowed, f"{key}={get(key)!r} must be one of {list(allowed)}")
-    t, r, g, o, p = d["trainer"], d["rollout"], d["grpo"], d["optim"], d["protocol"]
+    t, r, g, o = d["trainer"], d["rollout"], d["grpo"], d["optim"]
     need(r["n"] >= 1, f"rollout.n={r['n']} must be >= 1")
     need(t["prompts_per_step"] >= 1, "trainer.prompts_per_step must be >= 1")
     need(t["mini_batch_prompts"] >= 1, "trainer.mini_batch_prompts must be >= 1")
@@ -308,11 +308,46 @@ def validate(cfg: Config) -> None:
     need(0 <= o["sigmoid_ratio"] <= 1, "optim.sigmoid_ratio must be in [0, 1]")
     need(o["sigmoid_center"] > 0, "optim.sigmoid_center must be > 0")
     need(o["grad_clip"] >= 0, "optim.grad_clip must be >= 0 (0 = off)")
-    need(p["max_turns"] >= 1, "protocol.max_turns must be >= 1")
-    need(p["max_searches"] >= 0, "protocol.max_searches must be >= 0")
-    need(0 <= d["reward"]["format_weight"] <= 1, "reward.format_weight must be in [0, 1]")
+    errs += reward_protocol_errors(d["reward"], d["protocol"])
+    from mmsearch_r1.search.secrets import REDACTED, find_redacted
+
+    for where in find_redacted(d):
+        errs.append(
+            f"{where} is {REDACTED!r}: secrets are removed when a config is saved; give the key through "
+            "the environment (api_key_env / token_env)"
+        )
     if errs:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errs))
+
+
+def reward_protocol_errors(reward: dict[str, Any], protocol: dict[str, Any]) -> list[str]:
+    """Range checks of every reward and protocol number (also used by `reward score`); [] when all hold.
+
+    search_penalty p in [0, 1] (the factor 1 - p stays in [0, 1]); penalty_warmup_start in [-1, 1] (a bonus of
+    at most 2x during the warm-up); format_weight in [0, 1]; turn and search limits non-negative integers."""
+    errs: list[str] = []
+
+    def rng(section: str, d: dict[str, Any], key: str, lo: float, hi: float) -> None:
+        v = d[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            errs.append(f"{section}.{key}={v!r} must be a number in [{lo:g}, {hi:g}]")
+
+    rng("reward", reward, "format_weight", 0, 1)
+    rng("reward", reward, "search_penalty", 0, 1)
+    rng("reward", reward, "penalty_warmup_start", -1, 1)
+    for key, lo in (("penalty_warmup_steps", 0),):
+        if isinstance(reward[key], bool) or not isinstance(reward[key], int) or reward[key] < lo:
+            errs.append(f"reward.{key}={reward[key]!r} must be an integer >= {lo}")
+    for key, lo in (
+        ("max_turns", 1),
+        ("max_searches", 0),
+        ("max_image_searches", 0),
+        ("max_text_searches", 0),
+    ):
+        v = protocol[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            errs.append(f"protocol.{key}={v!r} must be an integer >= {lo}")
+    return errs
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -329,9 +364,15 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write the resolved config as YAML (loads back to an equal Config)."""
+    """Write the resolved config as YAML, secrets redacted (`search.secrets.redact_secrets`), atomically.
+
+    It loads back to an equal Config when it held no secret; a redacted key is refused at load."""
+    from mmsearch_r1.search.secrets import redact_secrets
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
-    p.write_text("# resolved mmsearch-r1 config\n" + text, encoding="utf-8")
+    text = yaml.safe_dump(redact_secrets(config_to_dict(cfg)), sort_keys=False, default_flow_style=False)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text("# resolved mmsearch-r1 config\n" + text, encoding="utf-8")
+    tmp.replace(p)
     return p

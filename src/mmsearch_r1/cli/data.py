@@ -19,11 +19,15 @@ def _inspect(args: argparse.Namespace) -> int:
 def _convert_image_cache(args: argparse.Namespace) -> int:
     from mmsearch_r1.data.image_cache import convert_image_cache
 
-    counts = convert_image_cache(args.input, args.out_dir)
+    bad: list = []
+    counts = convert_image_cache(args.input, args.out_dir, skip_bad=args.skip_bad, bad=bad)
     print(
         f"wrote {args.out_dir}/manifest.jsonl: {counts['keys']} keys, {counts['results']} results, "
         f"{counts['images']} thumbnail images, {counts['thumbnail_urls']} thumbnail urls"
+        + (f", skipped {counts['skipped']} bad keys" if args.skip_bad else "")
     )
+    for e in bad:
+        print(f"  skipped {e}")
     return 0
 
 
@@ -38,7 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "convert-image-cache", help="released image-search cache pickle -> manifest.jsonl + images (safe)"
     )
     c.add_argument("input", help="the .pkl file")
-    c.add_argument("out_dir")
+    c.add_argument("out_dir", help="replaced atomically, only when the whole conversion succeeds")
+    c.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out (and list) keys that cannot be converted, else fail",
+    )
     c.set_defaults(func=_convert_image_cache)
     # benchmark converters: `mmsearch_r1/cli/data_convert.py` defines add_convert_command(dsub)
     if importlib.util.find_spec("mmsearch_r1.cli.data_convert") is not None:

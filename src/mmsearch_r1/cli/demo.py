@@ -25,10 +25,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     hf_logging.disable_progress_bar()  # the demo shows its own bars; no per-file save/load bars
 
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm comes with transformers
-        tqdm = None
+    from mmsearch_r1.cli.progress import progress_bar as tqdm  # plain lines when stderr is not a terminal
+
     bars: dict[str, object] = {}
 
     def progress(stage: str, done: int, total: int) -> None:

@@ -42,8 +42,7 @@ def register(subparsers: Any) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from tqdm import tqdm
-
+    from mmsearch_r1.cli.progress import progress_bar as tqdm  # plain lines when stderr is not a terminal
     from mmsearch_r1.config import Config
     from mmsearch_r1.eval.evaluate import evaluate_model
 

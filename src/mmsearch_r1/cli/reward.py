@@ -5,9 +5,11 @@ Each input line is a JSON object:
      "reward_mode": "EM" | "SubEM", "search_penalty_per_search": true | false}
 `id` is optional and copied to the output; `reward_mode` and `search_penalty_per_search` override the command
 line defaults for that line. `--profile original` scores with the released code's rules (format shapes, search
-counting, answer normalisation; docs/protocol_and_reward.md). Each output line holds `total`, the reward components, `final_answer` and
-`format_error` (why the format term is 0, or null). Blank lines are skipped. A bad line stops the run with exit
-code 1 after the lines before it were written, unless `--skip-bad` is given.
+counting, answer normalisation; docs/protocol_and_reward.md). Each output line holds `total`, the reward
+components, `final_answer` and `format_error` (why the format term is 0, or null). Blank lines are skipped. A bad
+line (invalid UTF-8 or JSON, NaN/Infinity, nesting too deep, a bad field) stops the run with exit code 1 after the
+lines before it were written, unless `--skip-bad` is given; its error names the file and the line. The reward and
+protocol numbers are range-checked like a training config's (`config_io.reward_protocol_errors`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 
 def register(subparsers: Any) -> None:
@@ -57,6 +59,7 @@ class BadLine(ValueError):
 
 def _score(args: argparse.Namespace) -> int:
     from mmsearch_r1.config import ProtocolConfig, RewardConfig
+    from mmsearch_r1.config_io import reward_protocol_errors
 
     rcfg = RewardConfig(penalty_per_search=args.penalty_per_search)
     if args.mode is not None:
@@ -71,19 +74,26 @@ def _score(args: argparse.Namespace) -> int:
     for name in ("max_turns", "max_searches", "max_image_searches", "max_text_searches"):
         value = getattr(args, name)
         if value is not None:
-            if value < (1 if name == "max_turns" else 0):
-                raise ValueError(f"--{name.replace('_', '-')} is too small: {value}")
             setattr(pcfg, name, value)
+    errs = reward_protocol_errors(dataclasses.asdict(rcfg), dataclasses.asdict(pcfg))
+    if errs:  # the same range checks as a training config, named by their command-line flags
+        flags = {f"{s}.{k}": f"--{k.replace('_', '-')}" for s in ("reward", "protocol") for k in _FLAG_KEYS}
+        raise ValueError("; ".join(_flagged(e, flags) for e in errs))
 
-    src: TextIO = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
+    name = "<stdin>" if args.input == "-" else args.input
+    src: BinaryIO = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")
     dst: TextIO = sys.stdout if not args.output else open(args.output, "w", encoding="utf-8")
     n_ok = n_bad = 0
     try:
-        for lineno, line in enumerate(src, start=1):
-            if not line.strip():
-                continue
+        for lineno, raw in enumerate(src, start=1):
             try:
-                record = _score_line(line, lineno, rcfg, pcfg)
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise BadLine(f"{name} line {lineno}: not valid UTF-8 (byte {e.start})") from None
+                if not line.strip():
+                    continue
+                record = _score_line(line, f"{name} line {lineno}", rcfg, pcfg)
             except BadLine as e:
                 if not args.skip_bad:
                     dst.flush()
@@ -92,11 +102,11 @@ def _score(args: argparse.Namespace) -> int:
                 n_bad += 1
                 print(f"skipped: {e}", file=sys.stderr)
                 continue
-            dst.write(json.dumps(record, ensure_ascii=False) + "\n")
+            dst.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
             n_ok += 1
         dst.flush()
     finally:
-        if src is not sys.stdin:
+        if src is not sys.stdin.buffer:
             src.close()
         if dst is not sys.stdout:
             dst.close()
@@ -105,17 +115,34 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _score_line(line: str, lineno: int, rcfg: Any, pcfg: Any) -> dict[str, Any]:
+_FLAG_KEYS = (
+    "format_weight", "search_penalty", "max_turns", "max_searches", "max_image_searches", "max_text_searches",
+)  # fmt: skip
+
+
+def _flagged(err: str, flags: dict[str, str]) -> str:
+    key = err.split("=", 1)[0]
+    return err.replace(key, flags[key], 1) if key in flags else err
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _score_line(line: str, where: str, rcfg: Any, pcfg: Any) -> dict[str, Any]:
     from mmsearch_r1.protocol import extract_final_answer
     from mmsearch_r1.protocol_original import final_answer_original
     from mmsearch_r1.reward import REWARD_MODES, compute_reward, parse_candidates
     from mmsearch_r1.turns import format_check
 
-    where = f"line {lineno}"
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise BadLine(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except ValueError as e:  # NaN / Infinity: not JSON, and not writable back out as JSON
+        raise BadLine(f"{where}: invalid JSON ({e})") from None
+    except RecursionError:
+        raise BadLine(f"{where}: invalid JSON (nested too deeply)") from None
     if not isinstance(obj, dict):
         raise BadLine(f"{where}: expected a JSON object, got {type(obj).__name__}")
     for name in ("turns", "gold"):

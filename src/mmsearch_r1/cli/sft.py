@@ -16,10 +16,7 @@ def _sft(args: argparse.Namespace) -> int:
         config, overrides = None, [config, *overrides]
     cfg = load_config(config, overrides)
     bar = None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm comes with transformers
-        tqdm = None
+    from mmsearch_r1.cli.progress import progress_bar as tqdm  # plain lines when stderr is not a terminal
 
     def progress(step: int, total: int, metrics: dict[str, float]) -> None:
         nonlocal bar

@@ -31,10 +31,7 @@ def _train(args: argparse.Namespace) -> int:
 
     main = int(os.environ.get("RANK", "0")) == 0
     bar = None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm comes with transformers
-        tqdm = None
+    from mmsearch_r1.cli.progress import progress_bar as tqdm  # plain lines when stderr is not a terminal
 
     def progress(step: int, total: int, metrics: dict[str, float]) -> None:
         nonlocal bar

@@ -11,10 +11,7 @@ def _build(args: argparse.Namespace) -> int:
     from mmsearch_r1.world.build import build_world
 
     bars: dict[str, object] = {}
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm comes with transformers
-        tqdm = None
+    from mmsearch_r1.cli.progress import progress_bar as tqdm  # plain lines when stderr is not a terminal
 
     def progress(stage: str, done: int, total: int) -> None:
         if tqdm is None or args.no_progress:

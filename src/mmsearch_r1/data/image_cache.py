@@ -10,6 +10,11 @@ Output layout (read by the `replay` image backend via `load_image_cache`):
         {"key": str, "results": [{"title": str, "thumbnail": "images/<name>.png" | null,
                                   "thumbnail_url": str | null, "url": str | null}]}
     OUT_DIR/images/          the thumbnails that were images in the pickle, as PNG
+
+The output is written to a temporary directory and renamed into place only when the whole run succeeded, so a
+bad thumbnail never leaves a partial manifest behind and never destroys a good existing output. A key that cannot
+be converted fails the run (`BadCacheItem`, naming the key and the reason), or with `skip_bad=True` is left out
+and counted.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import json
 import logging
 import pickle
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -154,43 +161,114 @@ def _safe_name(key: str, i: int) -> str:
     return f"{stem}-{digest}-{i}.png"
 
 
-def convert_image_cache(in_path: str | Path, out_dir: str | Path) -> dict[str, int]:
-    """Convert the pickle at `in_path` into `out_dir`; returns counts (keys, results, images, urls)."""
+class BadCacheItem(ValueError):
+    """One key of the cache cannot be converted (an undecodable thumbnail, a bad entry); names the key."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"key {key!r}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+def _convert_key(key: str, value: Any, images_dir: Path, counts: dict[str, int]) -> list[dict[str, Any]]:
+    """The results of one key, its thumbnails written to images_dir; BadCacheItem if anything in it is bad."""
+    try:
+        titles, thumbs, urls = _entry(key, value)
+    except ValueError as e:
+        raise BadCacheItem(key, str(e).removeprefix(f"key {key!r}: ")) from None
+    results = []
+    written: list[Path] = []
+    try:
+        for i in range(max(len(titles), len(thumbs))):
+            title = str(titles[i]) if i < len(titles) and titles[i] is not None else ""
+            th = thumbs[i] if i < len(thumbs) else None
+            url = urls[i] if i < len(urls) and isinstance(urls[i], str) else None
+            rec: dict[str, Any] = {"title": title, "thumbnail": None, "thumbnail_url": None, "url": url}
+            if isinstance(th, str):
+                rec["thumbnail_url"] = th
+            elif th is not None:
+                try:
+                    img = _to_pil(th)
+                    if img is None:
+                        raise ValueError(f"unsupported thumbnail type {type(th).__name__}")
+                    name = _safe_name(key, i)
+                    img.convert("RGB").save(images_dir / name, format="PNG")
+                except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad image
+                    raise BadCacheItem(
+                        key, f"result {i}: undecodable thumbnail ({type(e).__name__}: {e})"
+                    ) from None
+                written.append(images_dir / name)
+                rec["thumbnail"] = f"images/{name}"
+            results.append(rec)
+    except BadCacheItem:
+        for f in written:  # a skipped key leaves no images behind
+            f.unlink(missing_ok=True)
+        raise
+    counts["images"] += len(written)
+    counts["thumbnail_urls"] += sum(r["thumbnail_url"] is not None for r in results)
+    return results
+
+
+def convert_image_cache(
+    in_path: str | Path, out_dir: str | Path, *, skip_bad: bool = False, bad: list[BadCacheItem] | None = None
+) -> dict[str, int]:
+    """Convert the pickle at `in_path` into `out_dir`; returns counts (keys, results, images, thumbnail_urls,
+    skipped).
+
+    Atomic: everything is written to a temporary directory next to `out_dir`, which replaces `out_dir` only when
+    the whole conversion succeeded; a failed run leaves an existing `out_dir` as it was. A key that cannot be
+    converted raises `BadCacheItem` (naming the key and the reason), or with `skip_bad` is left out, counted in
+    `skipped` and appended to `bad`.
+    """
     data = safe_load(in_path)
     if not isinstance(data, dict):
         raise ValueError(f"{in_path}: expected a dict keyed by data_id, got {type(data).__name__}")
     out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    counts = {"keys": 0, "results": 0, "images": 0, "thumbnail_urls": 0}
-    with open(out / "manifest.jsonl", "w", encoding="utf-8") as mf:
-        for key, value in data.items():
-            key = str(key)
-            titles, thumbs, urls = _entry(key, value)
-            results = []
-            for i in range(max(len(titles), len(thumbs))):
-                title = str(titles[i]) if i < len(titles) and titles[i] is not None else ""
-                th = thumbs[i] if i < len(thumbs) else None
-                url = urls[i] if i < len(urls) and isinstance(urls[i], str) else None
-                rec: dict[str, Any] = {"title": title, "thumbnail": None, "thumbnail_url": None, "url": url}
-                if isinstance(th, str):
-                    rec["thumbnail_url"] = th
-                    counts["thumbnail_urls"] += 1
-                elif th is not None:
-                    img = _to_pil(th)
-                    if img is None:
-                        raise ValueError(
-                            f"key {key!r} result {i}: unsupported thumbnail type {type(th).__name__}"
-                        )
-                    name = _safe_name(key, i)
-                    img.convert("RGB").save(out / "images" / name, format="PNG")
-                    rec["thumbnail"] = f"images/{name}"
-                    counts["images"] += 1
-                results.append(rec)
-            mf.write(json.dumps({"key": key, "results": results}, ensure_ascii=False) + "\n")
-            counts["keys"] += 1
-            counts["results"] += len(results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    counts = {"keys": 0, "results": 0, "images": 0, "thumbnail_urls": 0, "skipped": 0}
+    try:
+        (tmp / "images").mkdir()
+        with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as mf:
+            for key, value in data.items():
+                key = str(key)
+                try:
+                    results = _convert_key(key, value, tmp / "images", counts)
+                except BadCacheItem as e:
+                    if not skip_bad:
+                        raise
+                    counts["skipped"] += 1
+                    if bad is not None:
+                        bad.append(e)
+                    log.warning("skipped %s", e)
+                    continue
+                mf.write(json.dumps({"key": key, "results": results}, ensure_ascii=False) + "\n")
+                counts["keys"] += 1
+                counts["results"] += len(results)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     log.info("converted %s -> %s: %s", in_path, out, counts)
     return counts
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Put directory `new` at `out`: renames only, an existing `out` is removed after the swap."""
+    if not out.exists():
+        new.rename(out)
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a directory")
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old.rmdir()
+    out.rename(old)
+    try:
+        new.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_image_cache(out_dir: str | Path) -> dict[str, list[dict[str, Any]]]:

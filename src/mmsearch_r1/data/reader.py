@@ -138,7 +138,8 @@ def _check_image(img: ImageData, err, where: str) -> None:
         src = io.BytesIO(img.bytes) if img.bytes is not None else img.path
         with Image.open(src) as im:
             im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # DecompressionBombError: the header claims more pixels than PIL's limit; a bad row like any other
         raise err(where, f"cannot decode image ({e.__class__.__name__}: {e})") from None
 
 

@@ -40,11 +40,19 @@ def inspect_files(paths: Sequence[str | Path], max_errors: int = 5) -> dict[str,
                 if len(bad) < max_errors:
                     bad.append(str(e))
                 continue
+            try:  # verify() reads only the header and chunk checksums: the pixels may still not decode
+                sizes = [im.load().size for im in s.images]
+            except Exception as e:  # noqa: BLE001 - any decode failure makes this a bad row
+                n_bad += 1
+                if len(bad) < max_errors:
+                    bad.append(
+                        f"{path} row {index} field 'images': cannot decode image ({type(e).__name__}: {e})"
+                    )
+                continue
             sources[s.data_source] += 1
             categories[s.category or "(none)"] += 1
             n_images.append(len(s.images))
-            for im in s.images:
-                w, h = im.load().size
+            for w, h in sizes:
                 widths.append(w)
                 heights.append(h)
             q_len.append(len(s.question))

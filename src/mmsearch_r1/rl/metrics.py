@@ -98,6 +98,24 @@ def rollout_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
+SEARCH_COMPONENTS = (("image", "image_search", "backend"), ("text", "text_search", "backend"),
+                     ("read", "text_search", "reader"), ("summarize", "text_search", "summarizer"))  # fmt: skip
+SEARCH_COUNTERS = ("calls", "errors", "retries", "collapsed")
+
+
+def search_counters(tools: Mapping[str, Any]) -> dict[str, float]:
+    """Process totals `search/{image,text,read,summarize}/{calls,errors,retries,collapsed}` from the search
+    backends' own counters (retries and collapsed come from `search.resilience`; errors are calls that failed
+    after retries). The trainer logs per-step differences of these."""
+    out: dict[str, float] = {}
+    for kind, tool_name, attr in SEARCH_COMPONENTS:
+        comp = getattr(tools.get(tool_name), attr, None)
+        counters = getattr(comp, "counters", None)
+        for name in SEARCH_COUNTERS:
+            out[f"search/{kind}/{name}"] = float(counters.get(name)) if counters is not None else 0.0
+    return out
+
+
 class MetricLogger:
     """JSONL always; TensorBoard and wandb on request. `log(step, metrics)`; `close()` at the end."""
 
@@ -110,10 +128,20 @@ class MetricLogger:
         wandb_project: str = "mmsearch-r1",
         config: Mapping[str, Any] | None = None,
         append: bool = False,
+        resume_step: int | None = None,
     ) -> None:
+        """`resume_step=S` (a resumed run): keep the rows of steps <= S from an existing file (a torn last line
+        is dropped, with a warning), rewritten atomically, then append; they are not sent to TensorBoard or
+        wandb again. Else `append=False` starts an empty file."""
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not append:
+        if resume_step is not None:
+            old = read_metrics(self.path, drop_torn_tail=True) if self.path.is_file() else []
+            kept = "".join(json.dumps(r) + "\n" for r in old if r["step"] <= resume_step)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(kept, encoding="utf-8")
+            tmp.replace(self.path)
+        elif not append:
             self.path.write_text("")
         self.tb = None
         self.wandb = None
@@ -128,8 +156,13 @@ class MetricLogger:
                 raise ValueError(
                     "trainer.log_wandb=true but wandb is not installed (pip install wandb)"
                 ) from e
+            from mmsearch_r1.search.secrets import redact_secrets
+
             self.wandb = wandb_mod.init(
-                project=wandb_project, dir=str(run_dir), config=dict(config or {}), resume="allow"
+                project=wandb_project,
+                dir=str(run_dir),
+                config=redact_secrets(dict(config or {})),
+                resume="allow",
             )
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -150,6 +183,30 @@ class MetricLogger:
             self.wandb.finish()
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl file."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_metrics(path: str | Path, *, drop_torn_tail: bool = False) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl file; a bad line is a ValueError naming the file and line.
+
+    A process killed while writing leaves a torn last line (no newline, not JSON): with `drop_torn_tail` it is
+    dropped with a warning, since every complete row before it is intact."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    rows: list[dict[str, Any]] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not an object with an integer 'step'")
+        except (json.JSONDecodeError, ValueError) as e:
+            torn = n == len(lines) and not text.endswith("\n")
+            if torn and drop_torn_tail:
+                log.warning(
+                    "%s line %d: dropped a torn last line (%d chars; killed while writing?)", p, n, len(line)
+                )
+                break
+            hint = " (a torn last line: resume drops it)" if torn else ""
+            raise ValueError(f"{p} line {n}: not a metrics row ({e}){hint}") from None
+        rows.append(row)
+    return rows

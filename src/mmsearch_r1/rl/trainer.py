@@ -46,7 +46,7 @@ from mmsearch_r1.rl import checkpoint as ckpt
 from mmsearch_r1.rl import distributed as D
 from mmsearch_r1.rl.batch import PolicyForward, collate, index_stream, micro_batches, seed_all
 from mmsearch_r1.rl.grpo import agg_normalizer, filter_groups_dynamic, group_advantages, grpo_loss
-from mmsearch_r1.rl.metrics import MetricLogger, read_metrics, rollout_metrics, trajectory_row
+from mmsearch_r1.rl.metrics import MetricLogger, rollout_metrics, search_counters, trajectory_row
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,30 @@ def check_train_config(cfg: Config, world_size: int = 1) -> None:
             f"trainer.prompts_per_step={t.prompts_per_step} and trainer.mini_batch_prompts="
             f"{t.mini_batch_prompts} must be divisible by the number of processes ({world_size})"
         )
+    errs += _missing_paths(cfg)
     if errs:
         raise ValueError("invalid training config:\n  " + "\n  ".join(errs))
+
+
+def _missing_paths(cfg: Config) -> list[str]:
+    """Every configured input path that does not exist (checked before the model loads or config.yaml is written)."""
+    errs = []
+    if cfg.model.path and not Path(cfg.model.path).is_dir():
+        errs.append(f"model.path={cfg.model.path!r}: no such directory")
+    for key in ("train_files", "val_files"):
+        for f in getattr(cfg.data, key):
+            if not Path(f).is_file():
+                errs.append(f"data.{key}: no such file {f!r}")
+    s = cfg.search
+    specs = {"text_backend": s.text_backend, "image_backend": s.image_backend}
+    for sub in ("reader", "summarizer"):
+        if isinstance(s.text_backend.get(sub), dict):
+            specs[f"text_backend.{sub}"] = s.text_backend[sub]
+    for where, spec in specs.items():
+        for key in ("index_dir", "root"):  # local indexes and replay caches
+            if isinstance(spec, dict) and spec.get(key) and not Path(spec[key]).exists():
+                errs.append(f"search.{where}.{key}={spec[key]!r}: no such directory")
+    return errs
 
 
 def _score(trajs, samples_by_id, cfg: Config, step: int) -> list[Any]:
@@ -198,23 +220,21 @@ def train(
             gen_engine.load_weights(D.iter_full_params(policy, info))
     logger = None
     if info.is_main:
-        old = read_metrics(run / "metrics.jsonl") if resume and (run / "metrics.jsonl").is_file() else []
         logger = MetricLogger(
             run,
             tensorboard=t_cfg.log_tensorboard,
             wandb=t_cfg.log_wandb,
             wandb_project=t_cfg.wandb_project,
             config=config_to_dict(cfg),
+            resume_step=start if resume else None,  # keeps rows <= start, a torn last line dropped
         )
-        for row in old:
-            if row["step"] <= start:
-                logger.log(row.pop("step"), row)
     model.eval()
     if val_samples and t_cfg.val_before_train and start == 0:
         m = validate(cfg, loop_factory, val_samples, info, run, 0)
         if logger:
             logger.log(0, m)
 
+    search_seen = search_counters(tools)  # per-step differences are logged, summed over ranks
     W, n, share = info.world_size, r_cfg.n, t_cfg.prompts_per_step // info.world_size
     n_mini = t_cfg.prompts_per_step // t_cfg.mini_batch_prompts
     for step in range(start, t_cfg.total_steps):
@@ -358,6 +378,11 @@ def train(
         all_rows = [r for part in D.all_gather_objects(rows, info) for r in part]
         metrics.update(rollout_metrics(all_rows))
         metrics["rollout/dynamic_rounds"] = float(rounds)
+        search_now = search_counters(tools)
+        keys = list(search_now)
+        diffs = D.all_reduce_sums([search_now[k] - search_seen[k] for k in keys], info)
+        metrics.update(zip(keys, diffs, strict=True))
+        search_seen = search_now
         metrics["rollout/trained_trajectories"] = D.all_reduce_sums([float(len(usable))], info)[0]
         seq_tokens = D.all_reduce_sums([float(sum(len(t.input_ids) for t, _ in usable))], info)[0]
         metrics["perf/time_step_s"] = time.perf_counter() - t_step

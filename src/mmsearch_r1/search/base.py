@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from mmsearch_r1.registry import Registry
+from mmsearch_r1.search.secrets import scrub
 from mmsearch_r1.types import ImageData
 
 
@@ -72,10 +73,12 @@ class ImageQuery:
 
 
 class SearchError(Exception):
-    """A failed search. `retryable` marks timeouts, 5xx and throughput 429s."""
+    """A failed search. `retryable` marks timeouts, 5xx and throughput 429s.
+
+    The message is scrubbed of every registered API key (`search/secrets.py`): upstreams echo keys back."""
 
     def __init__(self, message: str, *, retryable: bool = False, status: int | None = None) -> None:
-        super().__init__(message)
+        super().__init__(scrub(str(message)))
         self.retryable = retryable
         self.status = status
 

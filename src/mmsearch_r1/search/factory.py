@@ -9,7 +9,12 @@ wrapper options, which are removed before the backend is built:
 Defaults: reader `"local"` and summarizer `"extractive"` for a local text backend, reader `"jina"` and
 summarizer `"extractive"` otherwise. `timeout_s` defaults to `cfg.timeout_s` for components that accept it.
 
-Wrapping order (outermost first): cache (when `cfg.cache_path` is set and caching is on) -> in-flight collapse +
+Every web page reader (any reader type but `local`, `replay`, `extractive` and `service`) is wrapped, outermost,
+by the SSRF guard (`ssrf.guard_reader`): a URL from search results that resolves to a non-global address is
+refused before it reaches JINA, the fetcher, the cache or a retry. `allow_hosts: [...]` in a reader's dict is
+its allow-list (tests with loopback targets only).
+
+Wrapping order (outermost first): SSRF guard (web readers) -> cache (when `cfg.cache_path` is set and caching is on) -> in-flight collapse +
 retries + concurrency limit (`resilience.Guard`) -> the backend. N identical concurrent misses are collapsed
 into one upstream call; each caller then writes the same value to the cache.
 Backend modules are imported here, lazily, so their registries are filled only when needed.
@@ -98,21 +103,26 @@ def _build(kind: str, registry: Any, spec: dict[str, Any], cfg: SearchConfig, wh
             opts["timeout_s"] = cfg.timeout_s
     except (TypeError, ValueError):
         pass
+    web_reader = kind == "reader" and typ not in LOCAL_TYPES and typ != "service"
+    allow_hosts = (opts.get if typ == "fetch" else opts.pop)("allow_hosts", ()) if web_reader else ()
     try:
         inner = factory(**opts)
     except TypeError as e:
         raise ValueError(f"search config {where}: bad options for {typ!r}: {e}") from None
     wrapped = resilient(kind, inner, max_concurrency=max_conc, **retry)
     cache = _cache(cfg) if use_cache else None
-    if cache is None:
-        return wrapped
-    cls = {
-        "text": cache_mod.CachedTextBackend,
-        "image": cache_mod.CachedImageBackend,
-        "reader": cache_mod.CachedReader,
-        "summarizer": cache_mod.CachedSummarizer,
-    }[kind]
-    return cls(wrapped, cache)
+    if cache is not None:
+        wrapped = {
+            "text": cache_mod.CachedTextBackend,
+            "image": cache_mod.CachedImageBackend,
+            "reader": cache_mod.CachedReader,
+            "summarizer": cache_mod.CachedSummarizer,
+        }[kind](wrapped, cache)
+    if web_reader:  # outermost: a refused URL costs no request, no cache lookup and no retry
+        from mmsearch_r1.search.ssrf import UrlPolicy, guard_reader
+
+        return guard_reader(wrapped, UrlPolicy.make(allow_hosts))
+    return wrapped
 
 
 def build_text_pipeline(cfg: SearchConfig) -> tuple[TextSearchBackend, PageReader, Summarizer]:

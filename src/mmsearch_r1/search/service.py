@@ -17,10 +17,16 @@ in-flight collapse and its per-upstream concurrency limits. Endpoints (JSON in, 
 
 Auth: with a token, every path but `/health` needs `Authorization: Bearer <token>` (constant-time compare);
 else 401. A body over `max_request_bytes` is refused with 413, from its Content-Length before any of it is read,
-or as soon as a streamed body passes the limit. Errors are `{"error": {"type", "message", ...}}`:
-400/422 bad_request (names the field), 401 unauthorized, 404 not_configured/not_found, 413 too_large,
-502 search_error (with `retryable`), 503 backend_stopped, 500 internal_error. The client maps them back to
-`SearchError` / `BackendStopped`. Blocking backend calls run in a thread pool of `workers` threads.
+or as soon as the bytes actually received pass the limit; Content-Length together with Transfer-Encoding is a
+413 too; a body not received within `body_timeout_s` is a 408 (`service_support.GuardMiddleware`). Errors are
+`{"error": {"type", "message", ...}}`: 400/422 bad_request (names the field), 401 unauthorized, 404
+not_configured/not_found, 408 timeout, 413 too_large, 502 search_error (with `retryable`), 503 backend_stopped,
+500 internal_error. The client maps them back to `SearchError` / `BackendStopped`. Blocking backend calls run in
+a thread pool of `workers` threads.
+
+Layout: `ServiceState` (the components, pools, stats and settings, on `app.state.svc`) and one plain route
+function per endpoint (`ROUTES`); `create_app` only builds the state and registers them. `/v1/text_search` is
+`search/text_pipeline.py`, the same pipeline the text search tool runs.
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
+from starlette.requests import Request
 
 from mmsearch_r1.search.base import (
     Counters,
@@ -46,7 +54,6 @@ from mmsearch_r1.search.base import (
     SearchError,
     Summarizer,
     TextSearchBackend,
-    WebHit,
 )
 from mmsearch_r1.search.cache import imagehits_to_json, webhits_to_json
 from mmsearch_r1.search.service_support import (
@@ -57,6 +64,7 @@ from mmsearch_r1.search.service_support import (
     error_body,
     map_backend_error,
 )
+from mmsearch_r1.search.text_pipeline import run_text_pipeline
 from mmsearch_r1.types import ImageData
 
 if TYPE_CHECKING:
@@ -121,44 +129,23 @@ def summarized_search(
     max_page_chars: int = 30_000,
     pool: ThreadPoolExecutor | None = None,
 ) -> dict[str, Any]:
-    """search -> read -> summarize with fallback over further URLs (the text search tool's semantics).
+    """The one text pipeline (`search/text_pipeline.py`) as the JSON answer of `/v1/text_search`.
 
     Returns `{"hits": [...], "candidates": n, "page_errors": [...]}`; raises the backend's SearchError when
     the search fails, and a SearchError when there were hits but no page could be summarized.
     """
-    backend, reader, summarizer = pipeline
-    hits: list[WebHit] = list(backend.search(query, max(k, max_candidates)))[: max(k, max_candidates)]
-
-    def one(hit: WebHit) -> tuple[str | None, str | None]:
-        try:
-            page = Page(hit.url, hit.title, hit.text) if hit.text else reader.read(hit.url)
-            capped = Page(page.url, page.title or hit.title, page.text[:max_page_chars])
-            summary = summarizer.summarize(capped, question, query).strip()
-        except Exception as e:  # a bad page is skipped; the next URL is tried
-            return None, f"{type(e).__name__}: {e}"
-        return (summary or None), (None if summary else "empty summary")
-
-    done: list[tuple[int, str]] = []
-    errors: list[str] = []
-    nxt = 0
-    while len(done) < k and nxt < len(hits):
-        wave = list(range(nxt, min(len(hits), nxt + k - len(done))))
-        nxt = wave[-1] + 1
-        outs = list(pool.map(lambda i: one(hits[i]), wave)) if pool else [one(hits[i]) for i in wave]
-        for i, (summary, err) in zip(wave, outs, strict=True):
-            if summary is None:
-                errors.append(f"{hits[i].url}: {err}")
-            else:
-                done.append((i, summary))
-    if hits and not done:
-        raise SearchError(f"could not read any of the {len(hits)} pages", retryable=False)
+    res = run_text_pipeline(
+        *pipeline, query, question, k, max_candidates=max_candidates, max_page_chars=max_page_chars, pool=pool
+    )
+    if res.hits and not res.summaries:
+        raise SearchError(f"could not read any of the {len(res.hits)} pages", retryable=False)
     out = []
-    for i, summary in sorted(done):
-        h = hits[i]
+    for i, summary in res.summaries:
+        h = res.hits[i]
         out.append(
             {"url": h.url, "title": h.title, "snippet": h.snippet, "position": h.position, "summary": summary}
         )
-    return {"hits": out, "candidates": len(hits), "page_errors": errors}
+    return {"hits": out, "candidates": len(res.hits), "page_errors": res.errors}
 
 
 def _decode_image(b64: str) -> ImageData:
@@ -171,9 +158,155 @@ def _decode_image(b64: str) -> ImageData:
     try:
         with Image.open(io.BytesIO(raw)) as im:
             im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ServiceError(400, "bad_request", f"field 'image_b64': not a decodable image ({e})") from None
     return ImageData(bytes=raw)
+
+
+# --- state and routes ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ServiceState:
+    """Everything the routes need, kept on `app.state.svc` (no closures: each route is a plain function)."""
+
+    text: TextPipeline | None
+    image: ImageSearchBackend | None
+    served: dict[str, Served]
+    pool: ThreadPoolExecutor
+    page_pool: ThreadPoolExecutor
+    stats: EndpointStats = field(default_factory=EndpointStats)
+    guard_counters: Counters = field(default_factory=Counters)
+    top_k: int = 5
+    max_candidates: int = 10
+    max_page_chars: int = 30_000
+
+    def need_text(self) -> TextPipeline:
+        if self.text is None:
+            raise ServiceError(404, "not_configured", "this service has no text search backend")
+        return self.text
+
+    def need_image(self) -> ImageSearchBackend:
+        if self.image is None:
+            raise ServiceError(404, "not_configured", "this service has no image search backend")
+        return self.image
+
+    async def run(self, endpoint: str, what: str, fn: Any) -> Any:
+        """Run the blocking `fn` on the pool; every failure becomes a JSON error answer."""
+        from fastapi.responses import JSONResponse
+
+        t0 = time.perf_counter()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.pool, fn)
+        except BaseException as e:  # noqa: BLE001 - every failure becomes a JSON error
+            err = map_backend_error(e, what)
+            self.stats.record(endpoint, time.perf_counter() - t0, err.type)
+            if err.status >= 500:
+                log.warning("%s failed: %s", what, err)
+            return JSONResponse(error_body(err.type, str(err), **err.extra), status_code=err.status)
+        self.stats.record(endpoint, time.perf_counter() - t0, None)
+        return JSONResponse(result)
+
+
+def _svc(request: Any) -> ServiceState:
+    return request.app.state.svc
+
+
+async def route_health(request: Request) -> dict[str, Any]:
+    svc = _svc(request)
+    return {"status": "ok", "text": svc.text is not None, "image": svc.image is not None}
+
+
+async def route_stats(request: Request) -> dict[str, Any]:
+    svc = _svc(request)
+    backends = {role: comp.stats() for role, comp in svc.served.items()}
+    return {"endpoints": svc.stats.snapshot(), "guard": svc.guard_counters.snapshot(), "backends": backends}
+
+
+async def route_search_text(req: RawTextRequest, request: Request) -> Any:
+    svc = _svc(request)
+
+    def fn() -> dict[str, Any]:
+        return {"hits": webhits_to_json(svc.need_text()[0].search(req.query, req.k))}
+
+    return await svc.run("/v1/search/text", "text search", fn)
+
+
+async def route_read(req: ReadRequest, request: Request) -> Any:
+    svc = _svc(request)
+
+    def fn() -> dict[str, Any]:
+        page = svc.need_text()[1].read(req.url)
+        return {"url": page.url, "title": page.title, "text": page.text}
+
+    return await svc.run("/v1/read", "page read", fn)
+
+
+async def route_summarize(req: SummarizeRequest, request: Request) -> Any:
+    svc = _svc(request)
+
+    def fn() -> dict[str, Any]:
+        page = Page(req.page.url, req.page.title, req.page.text[: svc.max_page_chars])
+        return {"summary": svc.need_text()[2].summarize(page, req.question, req.query)}
+
+    return await svc.run("/v1/summarize", "summarize", fn)
+
+
+async def route_text_search(req: TextSearchRequest, request: Request) -> Any:
+    svc = _svc(request)
+
+    def fn() -> dict[str, Any]:
+        return summarized_search(
+            svc.need_text(),
+            " ".join(req.query.split()),
+            req.question or req.query,
+            req.k or svc.top_k,
+            max_candidates=svc.max_candidates,
+            max_page_chars=svc.max_page_chars,
+            pool=svc.page_pool,
+        )
+
+    return await svc.run("/v1/text_search", "text search", fn)
+
+
+async def route_image_search(req: ImageSearchRequest, request: Request) -> Any:
+    from fastapi.responses import JSONResponse
+
+    svc = _svc(request)
+    if req.image_b64 is None and not req.url and not req.key:
+        svc.stats.record("/v1/image_search", 0.0, "bad_request")
+        msg = "give one of the fields 'image_b64', 'url' or 'key'"
+        return JSONResponse(error_body("bad_request", msg), status_code=422)
+
+    def fn() -> dict[str, Any]:
+        backend = svc.need_image()
+        image = _decode_image(req.image_b64) if req.image_b64 is not None else None
+        query = ImageQuery(image=image, url=req.url, key=req.key)
+        return {"hits": imagehits_to_json(backend.search(query, req.k or svc.top_k))}
+
+    return await svc.run("/v1/image_search", "image search", fn)
+
+
+async def _bad_request(request: Request, exc: Exception) -> Any:
+    from fastapi.responses import JSONResponse
+
+    msgs = []
+    for err in exc.errors():  # type: ignore[attr-defined]
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        msgs.append(f"field '{loc or 'body'}': {err.get('msg', 'invalid')}")
+    _svc(request).stats.record(request.url.path, 0.0, "bad_request")
+    return JSONResponse(error_body("bad_request", "; ".join(msgs)), status_code=422)
+
+
+ROUTES: tuple[tuple[str, str, Any], ...] = (
+    ("GET", "/health", route_health),
+    ("GET", "/stats", route_stats),
+    ("POST", "/v1/search/text", route_search_text),
+    ("POST", "/v1/read", route_read),
+    ("POST", "/v1/summarize", route_summarize),
+    ("POST", "/v1/text_search", route_text_search),
+    ("POST", "/v1/image_search", route_image_search),
+)
 
 
 def create_app(
@@ -182,18 +315,18 @@ def create_app(
     *,
     token: str | None,
     max_request_bytes: int = 16 * 1024 * 1024,
+    body_timeout_s: float = 30.0,
     top_k: int = 5,
     max_candidates: int = 10,
     max_page_chars: int = 30_000,
     workers: int = 32,
 ) -> FastAPI:
     """The FastAPI app over the given components; `None` for a tool answers its endpoints with 404."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
 
-    if max_request_bytes < 1 or top_k < 1 or workers < 1:
-        raise ValueError("create_app: max_request_bytes, top_k and workers must be >= 1")
+    if max_request_bytes < 1 or top_k < 1 or workers < 1 or not body_timeout_s > 0:
+        raise ValueError("create_app: max_request_bytes, top_k and workers must be >= 1, body_timeout_s > 0")
     served: dict[str, Served] = {}
     if text_pipeline is not None:
         for role, comp, method in zip(
@@ -204,118 +337,37 @@ def create_app(
     if image_backend is not None:
         served["image"] = Served(image_backend, "search")
         image_backend = served["image"]  # type: ignore[assignment]
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="search-svc")
-    page_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="search-svc-page")
-    stats = EndpointStats()
-    guard_counters = Counters()
+    svc = ServiceState(
+        text=text_pipeline,
+        image=image_backend,
+        served=served,
+        pool=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="search-svc"),
+        page_pool=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="search-svc-page"),
+        top_k=top_k,
+        max_candidates=max_candidates,
+        max_page_chars=max_page_chars,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         yield
-        pool.shutdown(wait=False, cancel_futures=True)
-        page_pool.shutdown(wait=False, cancel_futures=True)
+        svc.pool.shutdown(wait=False, cancel_futures=True)
+        svc.page_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="mmsearch-r1 search service", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
-    app.state.pool = pool
-
-    @app.exception_handler(RequestValidationError)
-    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        msgs = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-            msgs.append(f"field '{loc or 'body'}': {err.get('msg', 'invalid')}")
-        stats.record(request.url.path, 0.0, "bad_request")
-        return JSONResponse(error_body("bad_request", "; ".join(msgs)), status_code=422)
-
-    async def run(endpoint: str, what: str, fn: Any) -> JSONResponse:
-        t0 = time.perf_counter()
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(pool, fn)
-        except BaseException as e:  # noqa: BLE001 - every failure becomes a JSON error
-            err = map_backend_error(e, what)
-            stats.record(endpoint, time.perf_counter() - t0, err.type)
-            if err.status >= 500:
-                log.warning("%s failed: %s", what, err)
-            return JSONResponse(error_body(err.type, str(err), **err.extra), status_code=err.status)
-        stats.record(endpoint, time.perf_counter() - t0, None)
-        return JSONResponse(result)
-
-    def need_text() -> TextPipeline:
-        if text_pipeline is None:
-            raise ServiceError(404, "not_configured", "this service has no text search backend")
-        return text_pipeline
-
-    def need_image() -> ImageSearchBackend:
-        if image_backend is None:
-            raise ServiceError(404, "not_configured", "this service has no image search backend")
-        return image_backend
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "text": text_pipeline is not None, "image": image_backend is not None}
-
-    @app.get("/stats")
-    async def get_stats() -> dict[str, Any]:
-        backends = {role: comp.stats() for role, comp in served.items()}
-        return {"endpoints": stats.snapshot(), "guard": guard_counters.snapshot(), "backends": backends}
-
-    @app.post("/v1/search/text")
-    async def search_text(req: RawTextRequest) -> JSONResponse:
-        def fn() -> dict[str, Any]:
-            return {"hits": webhits_to_json(need_text()[0].search(req.query, req.k))}
-
-        return await run("/v1/search/text", "text search", fn)
-
-    @app.post("/v1/read")
-    async def read(req: ReadRequest) -> JSONResponse:
-        def fn() -> dict[str, Any]:
-            page = need_text()[1].read(req.url)
-            return {"url": page.url, "title": page.title, "text": page.text}
-
-        return await run("/v1/read", "page read", fn)
-
-    @app.post("/v1/summarize")
-    async def summarize(req: SummarizeRequest) -> JSONResponse:
-        def fn() -> dict[str, Any]:
-            page = Page(req.page.url, req.page.title, req.page.text[:max_page_chars])
-            return {"summary": need_text()[2].summarize(page, req.question, req.query)}
-
-        return await run("/v1/summarize", "summarize", fn)
-
-    @app.post("/v1/text_search")
-    async def text_search(req: TextSearchRequest) -> JSONResponse:
-        def fn() -> dict[str, Any]:
-            return summarized_search(
-                need_text(),
-                " ".join(req.query.split()),
-                req.question or req.query,
-                req.k or top_k,
-                max_candidates=max_candidates,
-                max_page_chars=max_page_chars,
-                pool=page_pool,
-            )
-
-        return await run("/v1/text_search", "text search", fn)
-
-    @app.post("/v1/image_search")
-    async def image_search(req: ImageSearchRequest) -> JSONResponse:
-        if req.image_b64 is None and not req.url and not req.key:
-            msg = "give one of the fields 'image_b64', 'url' or 'key'"
-            stats.record("/v1/image_search", 0.0, "bad_request")
-            return JSONResponse(error_body("bad_request", msg), status_code=422)
-
-        def fn() -> dict[str, Any]:
-            backend = need_image()
-            image = _decode_image(req.image_b64) if req.image_b64 is not None else None
-            query = ImageQuery(image=image, url=req.url, key=req.key)
-            return {"hits": imagehits_to_json(backend.search(query, req.k or top_k))}
-
-        return await run("/v1/image_search", "image search", fn)
-
+    app.state.svc = svc
+    app.state.pool = svc.pool
+    app.add_exception_handler(RequestValidationError, _bad_request)
+    for method, path, fn in ROUTES:
+        app.add_api_route(path, fn, methods=[method])
     app.add_middleware(
-        GuardMiddleware, token=token, max_request_bytes=max_request_bytes, counters=guard_counters
+        GuardMiddleware,
+        token=token,
+        max_request_bytes=max_request_bytes,
+        body_timeout_s=body_timeout_s,
+        counters=svc.guard_counters,
     )
     return app
 
@@ -325,6 +377,7 @@ def create_app_from_config(
     *,
     token: str | None,
     max_request_bytes: int = 16 * 1024 * 1024,
+    body_timeout_s: float = 30.0,
     workers: int = 32,
     text: bool = True,
     image: bool = True,
@@ -343,6 +396,7 @@ def create_app_from_config(
         image_backend,
         token=token,
         max_request_bytes=max_request_bytes,
+        body_timeout_s=body_timeout_s,
         top_k=cfg.top_k,
         workers=workers,
     )

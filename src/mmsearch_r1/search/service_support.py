@@ -3,15 +3,21 @@
 - `ServiceError(status, type, message, **extra)` and `map_backend_error(e, what)`: BackendStopped -> 503
   `backend_stopped`, SearchError -> 502 `search_error` (with `retryable`, `upstream_status`), anything else ->
   500 `internal_error` naming only the exception type (its message may hold anything).
-- `GuardMiddleware`: bearer-token check (constant time; every path but /health) and the request-body limit
-  (413 from Content-Length before any byte is read; a chunked body once it passes the limit), both before the
-  app sees the body.
+- `GuardMiddleware`: bearer-token check (constant time; every path but /health) and the request body, read whole
+  before the app sees it: 413 from Content-Length before any byte is read, 413 for Content-Length together with
+  Transfer-Encoding, 413 as soon as the bytes actually received pass the limit, 408 when the body has not
+  arrived within `body_timeout_s`.
+- `service_server(app, ...)`: the uvicorn server for `search serve`, with the connection-level limits uvicorn
+  lacks: a request head must arrive within `header_timeout_s` (also for each next request on a kept-alive
+  connection), an idle kept-alive connection closes after `idle_timeout_s`, and connections beyond
+  `max_connections` are closed as soon as they are accepted.
 - `EndpointStats` (requests, errors by type, latency mean/p50/p99 over the last 1000) and `Served` (wraps one
   component, counting served_calls / served_errors / served_latency_s next to the component's own counters).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -65,12 +71,28 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], headers: list
 
 
 class GuardMiddleware:
-    """Bearer-token check (all paths but /health) and request-body size limit, before the app sees the body."""
+    """Bearer-token check (all paths but /health), then the whole body read here, before the app sees it:
 
-    def __init__(self, app: Any, token: str | None, max_request_bytes: int, counters: Counters) -> None:
+    - a request carrying both Content-Length and Transfer-Encoding is refused with 413 before any byte is read
+      (the two disagree on where the body ends; h11 follows Transfer-Encoding, so Content-Length says nothing);
+    - a Content-Length over the limit is refused with 413 before any byte is read;
+    - the bytes actually received are counted whatever the headers say, and the request is refused with 413 as
+      soon as they pass the limit;
+    - the whole body must arrive within `body_timeout_s` of the head (a slow "slowloris" body gets 408).
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        token: str | None,
+        max_request_bytes: int,
+        counters: Counters,
+        body_timeout_s: float = 30.0,
+    ) -> None:
         self.app = app
         self._token = token.encode() if token else None
         self.max_bytes = max_request_bytes
+        self.body_timeout_s = body_timeout_s
         self.counters = counters
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -91,6 +113,9 @@ class GuardMiddleware:
                 )
                 return
         length = headers.get(b"content-length")
+        if length is not None and b"transfer-encoding" in headers:
+            await self._too_large(send, "Content-Length together with Transfer-Encoding is refused")
+            return
         if length is not None:
             try:
                 n = int(length)
@@ -98,21 +123,31 @@ class GuardMiddleware:
                 await _send_json(send, 400, error_body("bad_request", "bad Content-Length header"))
                 return
             if n > self.max_bytes:
-                await self._too_large(send, n)
+                await self._too_large(
+                    send, f"request body too large: {n} bytes > limit {self.max_bytes} bytes"
+                )
                 return
-            await self.app(scope, receive, send)
-            return
-        # No Content-Length (chunked): buffer up to the limit, refuse as soon as it is passed.
         chunks: list[dict] = []
         total = 0
+        deadline = time.monotonic() + self.body_timeout_s
         while True:
-            msg = await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                self.counters.incr("body_timeout")
+                await _send_json(
+                    send,
+                    408,
+                    error_body("timeout", f"request body not received within {self.body_timeout_s:g} s"),
+                    [(b"connection", b"close")],
+                )
+                return
             if msg["type"] != "http.request":
                 chunks.append(msg)
                 break
             total += len(msg.get("body", b""))
             if total > self.max_bytes:
-                await self._too_large(send, None)
+                await self._too_large(send, f"request body too large: over limit {self.max_bytes} bytes")
                 return
             chunks.append(msg)
             if not msg.get("more_body", False):
@@ -123,15 +158,9 @@ class GuardMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send: Any, n: int | None) -> None:
+    async def _too_large(self, send: Any, message: str) -> None:
         self.counters.incr("too_large")
-        size = f"{n} bytes" if n is not None else "the body"
-        await _send_json(
-            send,
-            413,
-            error_body("too_large", f"request body too large: {size} > limit {self.max_bytes} bytes"),
-            [(b"connection", b"close")],
-        )
+        await _send_json(send, 413, error_body("too_large", message), [(b"connection", b"close")])
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
@@ -199,3 +228,83 @@ class Served:
         c = getattr(self.inner, "counters", None)
         own = c.snapshot() if isinstance(c, Counters) else {}
         return {"name": self.name, **own, **self.served.snapshot()}
+
+
+# --- the server: header/idle timeouts and a connection cap ---------------------------------------------------
+
+
+def _timed_protocol(header_timeout_s: float, max_connections: int) -> type:
+    """uvicorn's h11 protocol with a request-head deadline and a cap on open connections."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                self.transport.close()  # over the cap: closed before any byte is read
+                return
+            self._arm_head_timer()
+
+        def _arm_head_timer(self) -> None:
+            self._cancel_head_timer()
+            self._head_timer = self.loop.call_later(header_timeout_s, self._head_timeout)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            waiting = self.cycle is None or self.cycle.response_complete
+            if waiting and not self.transport.is_closing():
+                self.transport.close()
+
+        def handle_events(self) -> None:
+            before = self.cycle
+            super().handle_events()
+            if self.cycle is not before:  # a request head arrived
+                self._cancel_head_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_head_timer()  # the next request's head has the same deadline
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+    return TimedH11Protocol
+
+
+def service_server(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    header_timeout_s: float = 10.0,
+    idle_timeout_s: float = 5.0,
+    max_connections: int = 256,
+    log_level: str = "info",
+) -> Any:
+    """A `uvicorn.Server` for the app with the limits above (call `.run()`, or `.run(sockets=[...])`)."""
+    import uvicorn
+
+    if not header_timeout_s > 0 or not idle_timeout_s > 0 or max_connections < 1:
+        raise ValueError("header_timeout_s and idle_timeout_s must be > 0, max_connections >= 1")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=_timed_protocol(header_timeout_s, max_connections),
+        timeout_keep_alive=idle_timeout_s,
+        # a request on an admitted connection is never refused with 503
+        limit_concurrency=max_connections + 1,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+    )
+    return uvicorn.Server(config)

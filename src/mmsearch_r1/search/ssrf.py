@@ -14,7 +14,12 @@ What it enforces, exactly:
   `start_tls` as `server_hostname`, so SNI and certificate verification use the name; the Host header is built
   from the URL), and certificate verification stays on;
 - `check_url` runs the same check before a request (for a clear error), and `web/fetch.py` follows redirects
-  itself, checking every hop.
+  itself, checking every hop;
+- `guard_reader(reader)` puts any page reader behind `check_url`; `search/factory.py` wraps every web reader
+  (`jina`, `fetch`, any future one: every reader type but the local ones and `service`, whose server guards its
+  own) this way, outermost, so a search result pointing at `http://169.254.169.254/` is refused before any
+  request, cache lookup or retry. Thumbnails go through `SafeFetcher` (`web/fetch.py`), which applies the same
+  `check_url` and connects through `GuardedTransport`.
 
 `allow_hosts` is an explicit allow-list (host names or IP strings) for tests that fetch from loopback servers;
 it is empty by default.
@@ -204,3 +209,32 @@ class GuardedTransport(httpx.HTTPTransport):
             max_keepalive_connections=max_connections,
             network_backend=GuardedNetworkBackend(policy),
         )
+
+
+class GuardedReader:
+    """A page reader behind the SSRF guard: `read(url)` refuses (UnsafeURLError, nothing sent) any URL that
+    `check_url` refuses, before the inner reader sees it. This is the one place every web reader is guarded:
+    JINA fetches the URL on its own servers and `fetch` fetches it here, and both get only checked URLs."""
+
+    def __init__(self, inner: object, policy: UrlPolicy) -> None:
+        self.inner = inner
+        self.policy = policy
+        self.name = getattr(inner, "name", type(inner).__name__)
+        self.counters = getattr(inner, "counters", None)
+
+    def __repr__(self) -> str:
+        return f"GuardedReader({self.inner!r})"
+
+    def __getattr__(self, name: str) -> object:  # cache_params, stats, close, ... of the inner reader
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def read(self, url: str) -> object:
+        check_url(url, self.policy)
+        return self.inner.read(url)  # type: ignore[attr-defined]
+
+
+def guard_reader(reader: object, policy: UrlPolicy | None = None) -> GuardedReader:
+    """Wrap a page reader so that only URLs passing the SSRF guard reach it (default policy: no allow-list)."""
+    return GuardedReader(reader, policy or UrlPolicy.make())

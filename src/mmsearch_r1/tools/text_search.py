@@ -1,7 +1,7 @@
 """The text search tool: search -> read each page -> summarize it for the question, until top_k summaries.
 
 `TextSearchTool(backend, reader, summarizer, top_k=5, max_page_chars=30000, max_candidates=10)(query, sample)`
-asks the backend for up to `max_candidates` hits, then goes down the list in order: a hit's page is `hit.text`
+runs the one text-search pipeline (`search/text_pipeline.py`, shared with the search service): it asks the backend for up to `max_candidates` hits, then goes down the list in order: a hit's page is `hit.text`
 when the backend filled it, else `reader.read(hit.url)`; the page (capped at `max_page_chars`, as in the paper)
 is summarized with `summarizer.summarize(page, sample.question, query)`. A page that fails to read or summarize,
 or whose summary is empty, is skipped and the next URL is tried, until `top_k` summaries or the list runs out.
@@ -19,7 +19,8 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from mmsearch_r1.search.base import Counters, Page, PageReader, Summarizer, TextSearchBackend, WebHit
+from mmsearch_r1.search.base import Counters, PageReader, Summarizer, TextSearchBackend
+from mmsearch_r1.search.text_pipeline import run_text_pipeline
 from mmsearch_r1.tools.base import describe_error, failure
 from mmsearch_r1.tools.sanitize import sanitize
 from mmsearch_r1.types import Sample, ToolResult
@@ -55,20 +56,6 @@ class TextSearchTool:
         self.parallel = parallel
         self.counters = Counters()
 
-    def _summarize_one(self, hit: WebHit, question: str, query: str) -> tuple[str | None, bool, str | None]:
-        """(summary or None, page was read, error) for one hit; never raises."""
-        try:
-            page = Page(hit.url, hit.title, hit.text) if hit.text else self.reader.read(hit.url)
-        except Exception as e:
-            return None, False, describe_error(e)
-        try:
-            capped = Page(page.url, page.title or hit.title, page.text[: self.max_page_chars])
-            summary = self.summarizer.summarize(capped, question, query)
-        except Exception as e:
-            return None, True, describe_error(e)
-        summary = sanitize(summary, self.max_summary_chars)
-        return (summary or None), True, None if summary else "empty summary"
-
     def __call__(self, arg: str | None, sample: Sample) -> ToolResult:
         t0 = time.perf_counter()
         stats: dict[str, float] = {
@@ -84,46 +71,39 @@ class TextSearchTool:
                 stats,
                 t0,
             )
+        pool = ThreadPoolExecutor(max_workers=self.top_k) if self.parallel and self.top_k > 1 else None
         try:
-            hits = list(self.backend.search(query, self.max_candidates))[: self.max_candidates]
+            out = run_text_pipeline(
+                self.backend,
+                self.reader,
+                self.summarizer,
+                query,
+                sample.question,
+                self.top_k,
+                max_candidates=self.max_candidates,
+                max_page_chars=self.max_page_chars,
+                pool=pool,
+                clean=lambda text: sanitize(text, self.max_summary_chars),
+            )
         except Exception as e:  # any backend failure becomes an error observation
             stats["errors"] = 1
             log.warning("text search failed for %r: %s", query[:80], describe_error(e))
             return self._done(failure("text search", describe_error(e), stats, 0.0), stats, t0)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        hits, done = out.hits, out.summaries
         stats["hits"] = len(hits)
+        stats["pages_read"] = out.pages_read
+        stats["page_errors"] = len(out.errors)
         if not hits:
             return self._done(
                 ToolResult([f'The text search for "{sanitize(query)}" found nothing.\n']), stats, t0
             )
-
-        done: list[tuple[int, str]] = []
-        errors: list[str] = []
-        nxt = 0
-        pool = ThreadPoolExecutor(max_workers=self.top_k) if self.parallel and self.top_k > 1 else None
-        try:
-            while len(done) < self.top_k and nxt < len(hits):
-                wave = list(range(nxt, min(len(hits), nxt + self.top_k - len(done))))
-                nxt = wave[-1] + 1
-                if pool is not None:
-                    outs = list(
-                        pool.map(lambda i: self._summarize_one(hits[i], sample.question, query), wave)
-                    )
-                else:
-                    outs = [self._summarize_one(hits[i], sample.question, query) for i in wave]
-                for i, (summary, read, err) in zip(wave, outs, strict=True):
-                    stats["pages_read"] += int(read)
-                    if summary is None:
-                        stats["page_errors"] += 1
-                        errors.append(f"{hits[i].url}: {err}")
-                    else:
-                        done.append((i, summary))
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
         stats["summaries"] = len(done)
         if not done:
             stats["errors"] = 1
-            log.warning("text search %r: every page failed: %s", query[:80], "; ".join(errors)[:500])
+            log.warning("text search %r: every page failed: %s", query[:80], "; ".join(out.errors)[:500])
             res = failure("text search", f"could not read any of the {len(hits)} pages", stats, 0.0)
             return self._done(res, stats, t0)
         parts = []

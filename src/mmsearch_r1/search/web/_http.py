@@ -1,9 +1,10 @@
 """Shared plumbing for the web API clients: secrets that never print, URL scrubbing, one HTTP call.
 
-- `Secret` holds an API key; its repr/str are `'***'`. `api_key_from(explicit, env_name)` reads it.
-- Every secret created is registered with `scrub`, which replaces known key values and any `api_key=` /
-  `key=` / `Bearer` value in a string. A logging filter applying `scrub` is installed on the `httpx` and
-  `httpcore` loggers (httpx logs each request URL at INFO, and SerpApi puts the key in the URL).
+- `Secret` (from `search/secrets.py`) holds an API key; `api_key_from(explicit, env_name)` reads it. A logging
+  filter applying `secrets.scrub` is installed on the `httpx` and `httpcore` loggers (httpx logs each request
+  URL at INFO, and SerpApi puts the key in the URL).
+- `UpstreamGuard` is the error handling the clients share: `calls`/`errors` counting and the permanent stop
+  after a `BackendStopped`.
 - `ApiHttp.send` makes one request with explicit connect/read timeouts and maps transport failures to
   retryable `SearchError`s whose messages name the service and never the URL's query string.
 """
@@ -12,57 +13,20 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 
-from mmsearch_r1.search.base import BackendStopped, SearchError
+from mmsearch_r1.search.base import BackendStopped, Counters, SearchError
+from mmsearch_r1.search.secrets import Secret, scrub
 
-_SECRETS: set[str] = set()
-_LOCK = threading.Lock()
-_PATTERNS = [
-    re.compile(r"(?i)(api_key|apikey|key|token)=([^&\s\"'#]+)"),
-    re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]+)"),
-]
+__all__ = [
+    "ApiHttp", "Secret", "UpstreamGuard", "api_key_from", "error_text", "json_or_error", "scrub", "stop_or_raise",
+]  # fmt: skip
 
-
-def scrub(text: str) -> str:
-    """Remove every registered secret and any key-looking query value or bearer token from text."""
-    with _LOCK:
-        secrets = sorted(_SECRETS, key=len, reverse=True)
-    for s in secrets:
-        text = text.replace(s, "***")
-    for pat in _PATTERNS:
-        text = pat.sub(
-            lambda m: m.group(1) + ("" if m.group(1).lower().startswith("bearer") else "=") + "***", text
-        )
-    return text
-
-
-class Secret:
-    """An API key. Prints as '***'; `.value` gives the key to the one place that sends it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-        if len(value) >= 6:  # shorter strings are not real keys, and scrubbing them would mangle text
-            with _LOCK:
-                _SECRETS.add(value)
-
-    @property
-    def value(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __repr__(self) -> str:
-        return "'***'"
-
-    __str__ = __repr__
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def api_key_from(explicit: str | None, env_name: str | None, *, required: bool, service: str) -> Secret:
@@ -151,3 +115,36 @@ def stop_or_raise(service: str, status: int, message: str, *, stop: bool, retrya
     if stop:
         return BackendStopped(text, status=status)
     return SearchError(text, retryable=retryable, status=status)
+
+
+class UpstreamGuard:
+    """The error handling the web clients share: count `calls` and `errors`, and stop for good after a
+    `BackendStopped` (bad key, out of credit): every later call fails fast, counted, without a request."""
+
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+        self.stopped: BackendStopped | None = None
+
+    def check(self) -> None:
+        """Raise (counted as an error) when stopped."""
+        if self.stopped is not None:
+            self.counters.incr("errors")
+            raise BackendStopped(str(self.stopped), status=self.stopped.status)
+
+    def stop(self, err: BackendStopped) -> None:
+        self.stopped = err
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` as one counted upstream call; a BackendStopped stops this upstream."""
+        self.check()
+        self.counters.incr("calls")
+        try:
+            return fn(*args)
+        except BackendStopped as e:
+            self.stopped = e
+            self.counters.incr("errors")
+            log.error("%s", e)
+            raise
+        except SearchError:
+            self.counters.incr("errors")
+            raise

@@ -16,8 +16,15 @@ import logging
 import re
 from typing import Any
 
-from mmsearch_r1.search.base import READERS, BackendStopped, Counters, Page, SearchError
-from mmsearch_r1.search.web._http import ApiHttp, api_key_from, error_text, json_or_error, stop_or_raise
+from mmsearch_r1.search.base import READERS, Counters, Page, SearchError
+from mmsearch_r1.search.web._http import (
+    ApiHttp,
+    UpstreamGuard,
+    api_key_from,
+    error_text,
+    json_or_error,
+    stop_or_raise,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +84,7 @@ class JinaReader:
             if val is not None:
                 h[name] = str(val)
         self.headers = h
-        self._stopped: BackendStopped | None = None
+        self.guard = UpstreamGuard(self.counters)
 
     def __repr__(self) -> str:
         return f"JinaReader(base_url={self.base_url!r}, headers={self.headers}, key={'set' if self._key else 'none'})"
@@ -86,22 +93,10 @@ class JinaReader:
         return {"reader": "jina", "max_chars": self.max_chars, **{k: v for k, v in self.headers.items()}}
 
     def read(self, url: str) -> Page:
-        if self._stopped is not None:
-            self.counters.incr("errors")
-            raise BackendStopped(str(self._stopped), status=self._stopped.status)
+        self.guard.check()
         if not url.startswith(("http://", "https://")):
             raise SearchError(f"jina: refused non-http(s) URL {url[:100]!r}")
-        self.counters.incr("calls")
-        try:
-            return self._read(url)
-        except BackendStopped as e:
-            self._stopped = e
-            self.counters.incr("errors")
-            log.error("%s", e)
-            raise
-        except SearchError:
-            self.counters.incr("errors")
-            raise
+        return self.guard.call(self._read, url)
 
     def _read(self, url: str) -> Page:
         headers = dict(self.headers)

@@ -14,8 +14,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from mmsearch_r1.search.base import BackendStopped, Counters, SearchError
-from mmsearch_r1.search.web._http import ApiHttp, api_key_from, error_text, json_or_error, stop_or_raise
+from mmsearch_r1.search.base import Counters, SearchError
+from mmsearch_r1.search.web._http import (
+    ApiHttp,
+    UpstreamGuard,
+    api_key_from,
+    error_text,
+    json_or_error,
+    stop_or_raise,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +64,7 @@ class ChatClient:
         self.extra_body = dict(extra_body or {})
         self.counters = counters or Counters()
         self.http = ApiHttp("openai", connect_timeout_s=connect_timeout_s, timeout_s=timeout_s)
-        self._stopped: BackendStopped | None = None
+        self.guard = UpstreamGuard(self.counters)
 
     def __repr__(self) -> str:
         return f"ChatClient(base_url={self.base_url!r}, model={self.model!r}, key={'set' if self._key else 'none'})"
@@ -69,20 +76,7 @@ class ChatClient:
         temperature: float | None = None,
         max_tokens: int | None = None,
     ) -> ChatResult:
-        if self._stopped is not None:
-            self.counters.incr("errors")
-            raise BackendStopped(str(self._stopped), status=self._stopped.status)
-        self.counters.incr("calls")
-        try:
-            return self._complete(messages, temperature, max_tokens)
-        except BackendStopped as e:
-            self._stopped = e
-            self.counters.incr("errors")
-            log.error("%s", e)
-            raise
-        except SearchError:
-            self.counters.incr("errors")
-            raise
+        return self.guard.call(self._complete, messages, temperature, max_tokens)
 
     def _complete(
         self, messages: list[dict[str, str]], temperature: float | None, max_tokens: int | None

@@ -12,7 +12,9 @@ Credits: one per successful search (failed searches are not charged).
 Lens: searches by `url=` when the `ImageQuery` has a url; otherwise uploads the image bytes to
 `upload_url` (multipart field `upload_field`, JPG/PNG/WebP re-encoded/downscaled to fit `upload_max_bytes`),
 reads the returned reference (`image_id`, or a `url`) and searches with it. The upload endpoint is configurable
-because SerpApi documents uploads only loosely; point it at your own uploader if needed. `visual_matches` are
+because SerpApi documents uploads only loosely; point it at your own uploader if needed. The SerpApi key is sent
+to the upload endpoint only when it has SerpApi's own origin (the `base_url`'s scheme, host and port); your own
+uploader never receives it. `visual_matches` are
 sorted by `position` (which may have gaps), sliced to k, and each thumbnail is downloaded with the SSRF-safe
 fetcher (image types only, byte cap, must decode); a thumbnail that fails is dropped and its title kept.
 Google: `engine=google`, `q`, optional `gl`/`hl`/`location`/`safe`; no `num` (first page, sliced to k).
@@ -24,6 +26,7 @@ import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 from mmsearch_r1.search.base import (
     IMAGE_BACKENDS,
@@ -35,7 +38,14 @@ from mmsearch_r1.search.base import (
     SearchError,
     WebHit,
 )
-from mmsearch_r1.search.web._http import ApiHttp, api_key_from, error_text, json_or_error, stop_or_raise
+from mmsearch_r1.search.web._http import (
+    ApiHttp,
+    UpstreamGuard,
+    api_key_from,
+    error_text,
+    json_or_error,
+    stop_or_raise,
+)
 from mmsearch_r1.search.web.fetch import SafeFetcher
 from mmsearch_r1.types import ImageData
 
@@ -69,31 +79,17 @@ class _SerpApi:
             raise ValueError("serpapi: pass the key via api_key/api_key_env, not extra_params")
         self.http = ApiHttp("serpapi", connect_timeout_s=connect_timeout_s, timeout_s=timeout_s)
         self.counters = counters or Counters()
-        self._stopped: BackendStopped | None = None
+        self.guard = UpstreamGuard(self.counters)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, params={self.extra_params})"
 
     def _check_stopped(self) -> None:
-        if self._stopped is not None:
-            self.counters.incr("errors")
-            raise BackendStopped(str(self._stopped), status=self._stopped.status)
+        self.guard.check()
 
     def _get(self, params: dict[str, Any]) -> dict[str, Any]:
         """One search request; returns the JSON body of a successful search (or raises)."""
-        self._check_stopped()
-        self.counters.incr("calls")
-        try:
-            data = self._get_once(params)
-        except BackendStopped as e:
-            self._stopped = e
-            self.counters.incr("errors")
-            log.error("%s", e)
-            raise
-        except SearchError:
-            self.counters.incr("errors")
-            raise
-        return data
+        return self.guard.call(self._get_once, params)
 
     def _get_once(self, params: dict[str, Any]) -> dict[str, Any]:
         query = {**self.extra_params, **params, "api_key": self._key.value, "output": "json"}
@@ -190,6 +186,8 @@ class SerpApiLens(_SerpApi):
         super().__init__(extra_params=extra, timeout_s=timeout_s, **kwargs)
         self.name = "serpapi_lens"
         self.upload_url = upload_url
+        # the key goes only to SerpApi itself: an uploader on another origin (your own) never receives it
+        self._upload_is_serpapi = bool(upload_url) and _origin(upload_url) == _origin(self.base_url)
         self.upload_field = upload_field
         self.upload_max_bytes = upload_max_bytes
         self.fetcher = SafeFetcher(**(fetch or {}))
@@ -246,7 +244,7 @@ class SerpApiLens(_SerpApi):
         resp = self.http.send(
             "POST",
             self.upload_url,
-            params={"api_key": self._key.value},
+            params={"api_key": self._key.value} if self._upload_is_serpapi else None,
             files={self.upload_field: ("image" + _EXT[mime], payload, mime)},
         )
         if resp.status_code != 200:
@@ -260,8 +258,8 @@ class SerpApiLens(_SerpApi):
             err = stop_or_raise(
                 "serpapi upload", resp.status_code, msg, stop=stop, retryable=resp.status_code >= 500
             )
-            if stop:
-                self._stopped = err  # type: ignore[assignment]
+            if isinstance(err, BackendStopped):
+                self.guard.stop(err)
             raise err
         data = json_or_error(resp, "serpapi upload")
         ref = data.get("image_id") if isinstance(data, dict) else None
@@ -271,6 +269,16 @@ class SerpApiLens(_SerpApi):
         if url:
             return {"url": str(url)}
         raise SearchError("serpapi upload: response has no image_id or url")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port or default
 
 
 _EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp"}

@@ -1,7 +1,8 @@
 """`"openai"` summarizer: one chat completion per page with the prompt `prompts/summarize_page.j2`.
 
-The page is cleaned (chat-template control tokens like `<|im_start|>` and our protocol tags removed, since page
-text is untrusted), capped at `max_page_chars` (30,000 by default, as in the paper), and rendered into the
+The page is cleaned (chat-template control tokens like `<|im_start|>`, our protocol tags and the prompt's own
+`<page>`/`</page>` delimiters removed, since page text is untrusted; the question, query, title and URL are also
+put on one line each, so none of them can start a new prompt line), capped at `max_page_chars` (30,000 by default, as in the paper), and rendered into the
 prompt with the question and query. The prompt asks for at most five sentences keeping whatever helps answer
 the question, and tells the model to ignore instructions inside the page. The reply is cleaned the same way.
 `prompt_version` (a hash of the template file) is part of the cache parameters, so editing the prompt
@@ -19,7 +20,8 @@ from mmsearch_r1.search.base import SUMMARIZERS, Counters, Page, SearchError
 from mmsearch_r1.search.web.openai_chat import ChatClient
 
 _CONTROL = re.compile(
-    r"<\|[^|<>]{0,40}\|>|</?(?:reason|answer|search|text_search|information|img|think|tool_call)\s*>", re.I
+    r"<\|[^|<>]{0,40}\|>|</?\s*(?:reason|answer|search|text_search|information|img|think|tool_call|page)\s*>",
+    re.I,
 )
 
 
@@ -29,6 +31,11 @@ def clean_untrusted(text: str) -> str:
     while prev != text:  # removing one tag could join the pieces of another
         prev, text = text, _CONTROL.sub(" ", text)
     return text
+
+
+def one_line(text: str, max_chars: int) -> str:
+    """Untrusted text for a one-line prompt field: cleaned, every run of whitespace (newlines too) one space."""
+    return " ".join(clean_untrusted(text).split())[:max_chars]
 
 
 def _template() -> tuple[Any, str]:
@@ -82,10 +89,10 @@ class OpenAISummarizer:
 
     def render(self, page: Page, question: str, query: str) -> str:
         return self._tmpl.render(
-            question=clean_untrusted(question),
-            query=clean_untrusted(query),
-            title=clean_untrusted(page.title)[:300],
-            url=page.url,
+            question=one_line(question, 10_000),
+            query=one_line(query, 2000),
+            title=one_line(page.title, 300),
+            url=one_line(page.url, 2000),
             page=clean_untrusted(page.text[: self.max_page_chars]),
         )
 
