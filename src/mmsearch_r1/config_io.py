@@ -119,6 +119,9 @@ LEGACY_KEYS: dict[str, Legacy] = {
     "trainer.nnodes": Legacy(note="the world size comes from torchrun"),
     "trainer.critic_warmup": Legacy(note="GRPO has no critic"),
     "trainer.search_penalty": Legacy(("reward.search_penalty",)),
+    # this project's own renamed keys
+    "model.dtype": Legacy(("model.param_dtype", "model.compute_dtype")),
+    "model.trust_remote_code": Legacy(note="only the built-in Qwen-VL classes are loaded; no remote code runs"),
 }
 UNSUPPORTED_PREFIXES: dict[str, str] = {
     "critic.": "GRPO has no critic model",
@@ -131,7 +134,8 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "grpo.loss_agg": ("token_mean", "seq_mean_token_mean"),
     "grpo.adv_estimator": ("grpo", "grpo_mean"),
     "grpo.kl_kind": ("low_var_kl", "k1"),
-    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16", "float16"),
+    "model.compute_dtype": ("float32", "bfloat16", "float16"),
     "rollout.engine": ("hf", "vllm"),
 }
 
@@ -371,6 +375,17 @@ def validate(cfg: Config) -> None:
     need(p["max_turns"] >= 1, "protocol.max_turns must be >= 1")
     need(p["max_searches"] >= 0, "protocol.max_searches must be >= 0")
     need(0 <= d["reward"]["format_weight"] <= 1, "reward.format_weight must be in [0, 1]")
+    pd, cd = d["model"]["param_dtype"], d["model"]["compute_dtype"]
+    need(
+        pd == cd or pd == "float32",
+        f"model.param_dtype={pd!r} with model.compute_dtype={cd!r}: the master weights must be float32 or the "
+        "compute dtype itself (a narrower master than compute loses every update the compute could see)",
+    )
+    lo, hi = d["data"]["min_pixels"], d["data"]["max_pixels"]
+    need(lo is None or lo > 0, f"data.min_pixels={lo} must be > 0 (or null: the model's own)")
+    need(hi is None or hi > 0, f"data.max_pixels={hi} must be > 0 (or null: the model's own)")
+    if lo is not None and hi is not None:
+        need(lo <= hi, f"data.min_pixels={lo} must be <= data.max_pixels={hi}")
     if errs:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errs))
 
