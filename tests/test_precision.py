@@ -74,7 +74,9 @@ def test_fp32_master_keeps_every_update_bf16_rounds_them_away(tiny_model_dir):
     assert isinstance(mixed.policy, MasterWeightPolicy)
     assert amx[WEIGHT].dtype == torch.float32 and a16[WEIGHT].dtype == torch.bfloat16
     f32, fmx, f16 = _changed(b32, a32), _changed(bmx, amx), _changed(b16, a16)
-    print(f"fraction of {WEIGHT} changed by one step at lr 2e-6: fp32 {f32:.4f}, mixed {fmx:.4f}, bf16 {f16:.4f}")
+    print(
+        f"fraction of {WEIGHT} changed by one step at lr 2e-6: fp32 {f32:.4f}, mixed {fmx:.4f}, bf16 {f16:.4f}"
+    )
     print(f"loss fp32 {loss32:.6f} mixed {loss_mx:.6f} bf16 {loss16:.6f}")
     assert f32 >= 0.99 and fmx >= 0.99
     assert f16 < 0.10
@@ -110,9 +112,7 @@ def test_master_grads_accumulate_in_fp32_over_micro_batches(tiny_model_dir):
 def test_checkpoint_keeps_the_fp32_master(tiny_model_dir, tmp_path):
     setup, _, after, _ = _one_step(tiny_model_dir, "float32", "bfloat16")
     S.save(setup, tmp_path, 1, {"data_position": 4}, keep_last=1)
-    fresh = S.build_setup(
-        _cfg(tiny_model_dir, "float32", "bfloat16"), D.DistInfo(), lr=2e-6, total_steps=1
-    )
+    fresh = S.build_setup(_cfg(tiny_model_dir, "float32", "bfloat16"), D.DistInfo(), lr=2e-6, total_steps=1)
     state = S.resume(fresh, tmp_path)
     assert state["step"] == 1 and state["data_position"] == 4
     got = _master(fresh)

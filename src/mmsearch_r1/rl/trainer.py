@@ -121,6 +121,7 @@ def train(
     from mmsearch_r1.rl import setup as S
     from mmsearch_r1.rollout.hf_engine import HFEngine
     from mmsearch_r1.rollout.loop import AgentLoop, sampling_params
+    from mmsearch_r1.rollout.prompt_filter import filter_prompts, write_report
     from mmsearch_r1.tools import build_tools
 
     info = D.init_distributed()
@@ -145,8 +146,11 @@ def train(
     params, optimizer, scheduler, gen_model = setup.params, setup.optimizer, setup.scheduler, setup.gen_model
     samples = read_many(cfg.data.train_files, skip_bad_rows=cfg.data.skip_bad_rows).samples
     val_samples = read_many(cfg.data.val_files).samples if cfg.data.val_files else []
+    samples, data_report = filter_prompts(samples, renderer, cfg.protocol, r_cfg)  # too long: reported
+    if info.is_main:
+        write_report(data_report, run / "data_report.json")
     if not samples:
-        raise ValueError(f"no training samples in {cfg.data.train_files}")
+        raise ValueError(f"no usable training samples in {cfg.data.train_files} (see {run / 'data_report.json'})")
     by_id = {s.id: s for s in samples}
     tools = build_tools(cfg.search)
     engine = gen_engine = HFEngine(gen_model, renderer)
