@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "search",
     "infer",
     "train",
+    "plan",
     "sft",
     "eval",
     "report",

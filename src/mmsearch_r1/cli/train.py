@@ -18,6 +18,9 @@ def _train(args: argparse.Namespace) -> int:
     if config is not None and "=" in config and not os.path.isfile(config):  # overrides only, no YAML
         config, overrides = None, [config, *overrides]
     cfg = load_config(config, overrides)
+    from mmsearch_r1.rl.memory_plan import check_before_train
+
+    check_before_train(cfg, args.gpu_mem_gb, args.ignore_memory_plan)  # docs/memory.md
     main = int(os.environ.get("RANK", "0")) == 0
     bar = None
     try:
@@ -58,4 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue from the last checkpoint in trainer.run_dir"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--gpu-mem-gb",
+        type=float,
+        default=None,
+        help="GiB per GPU for the memory plan (default: the CUDA device's; no check on CPU without it)",
+    )
+    p.add_argument(
+        "--ignore-memory-plan", action="store_true", help="start even if the memory plan says it cannot fit"
+    )
     p.set_defaults(func=_train)
