@@ -139,3 +139,18 @@ def test_config_dtypes_and_legacy_keys(tmp_path, caplog):
     for name in ("paper_qwen25vl7b_fvqa", "released_single_node"):
         m = load_config(f"configs/{name}.yaml").model
         assert (m.param_dtype, m.compute_dtype) == ("float32", "bfloat16")
+
+
+def test_master_grads_are_the_same_with_gradient_checkpointing(tiny_model_dir):
+    grads = []
+    for gc in (False, True):
+        cfg = _cfg(tiny_model_dir, "float32", "bfloat16", **{"model.gradient_checkpointing": gc})
+        setup = S.build_setup(cfg, D.DistInfo(), lr=1e-3, total_steps=1)
+        setup.model.train()
+        b1, _ = _batches(setup)
+        masked_nll_sum(setup.policy, b1)[0].backward()
+        grads.append({n: p.grad for n, p in setup.policy.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(grads[1][n] is not None for n in grads[1])  # every master got its gradient through the hook
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], rtol=1e-3, atol=1e-6), n

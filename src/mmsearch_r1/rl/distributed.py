@@ -4,9 +4,10 @@
 the run is a single process and every helper here is a no-op. Backend: NCCL when CUDA is available (one GPU per
 local rank), gloo on CPU. Standard torchrun flags (`--nproc_per_node`, `--nnodes`, `--rdzv_*`) work unchanged.
 
-`shard_policy(policy, info)` applies `fully_shard` to every text decoder layer and vision block of a Qwen-VL
-model, then to the root module (the trainer's `PolicyForward` wrapper, so one call unshards the embeddings,
-final norm and lm_head too). FSDP averages gradients over ranks; the trainer multiplies each rank's loss by the
+`shard_policy(policy, info, compute_dtype)` applies `fully_shard` to every text decoder layer and vision block of a
+Qwen-VL model, then to the root module (the trainer's `PolicyForward` wrapper, so one call unshards the
+embeddings, final norm and lm_head too); with a compute dtype narrower than the parameters, a
+`MixedPrecisionPolicy` runs forward/backward in it and reduces gradients in the parameters' dtype (docs/memory.md). FSDP averages gradients over ranks; the trainer multiplies each rank's loss by the
 world size and uses a global token normalizer, so the update equals the single-process one on the same global
 batch.
 

@@ -76,22 +76,20 @@ def build_setup(
     def load(dtype: str) -> Any:
         return load_model(m.path, dtype, str(info.device), m.attn_implementation)
 
-    if info.enabled:
-        model = load(pd)
+    model = load(cd if is_mixed(pd, cd) and not info.enabled else pd)  # the model forward/backward runs on
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if info.enabled:  # sharded right away: the full master exists only during start-up
         policy: torch.nn.Module = D.shard_policy(
             PolicyForward(model, chunk, logprob_temperature), info, DTYPES[cd]
         )
         gen_model = load(cd)
     elif is_mixed(pd, cd):
-        model = load(cd)
         policy = MasterWeightPolicy(load(pd), model, chunk, logprob_temperature)
         gen_model = model
     else:
-        model = load(pd)
         policy = PolicyForward(model, chunk, logprob_temperature)
         gen_model = model
-    if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
     ref = None
     if with_ref:
         ref = PolicyForward(load(cd).requires_grad_(False), chunk, logprob_temperature)
