@@ -78,6 +78,8 @@ def test_two_process_fsdp2_matches_one_process(tiny_model_dir, tmp_path, compute
     )
     assert [r["step"] for r in two] == [1, 2]
     for a, b in zip(one, two, strict=True):
+        print(f"{compute} step {a['step']}: grad norm {a['actor/grad_norm']:.8f} vs {b['actor/grad_norm']:.8f}, "
+              f"pg_loss {a['actor/pg_loss']:.8f} vs {b['actor/pg_loss']:.8f}")  # fmt: skip
         assert a["rollout/n_trajectories"] == b["rollout/n_trajectories"] == 4
         assert abs(a["reward/mean"] - b["reward/mean"]) < 1e-9
         assert abs(a["actor/grad_norm"] - b["actor/grad_norm"]) <= 1e-4 * a["actor/grad_norm"]
