@@ -52,6 +52,9 @@ def test_paper_config_fits_8_x_80_gib_and_not_one(capsys):
     assert abs(exact - 16 * 8_292_166_656 / 8) < 1e-3 * exact
     assert main(["plan", PAPER, "--gpus", "1", "--gpu-mem-gb", "80"]) == 3
     assert "DOES NOT FIT" in capsys.readouterr().out
+    assert main(["plan", PAPER, "--gpus", "8", "--gpu-mem-gb", "80", "--json"]) == 0
+    js = json.loads(capsys.readouterr().out)
+    assert js["fits"] is True and js["peak_bytes"] == plan.peak_bytes and js["world_size"] == 8
 
 
 SCRIPT = r"""
