@@ -132,6 +132,8 @@ def test_config_dtypes_and_legacy_keys(tmp_path, caplog):
     assert load_config(None, ["model.compute_dtype=bfloat16"]).model.param_dtype == "float32"
     with pytest.raises(ConfigError, match="model.param_dtype='bfloat16' with model.compute_dtype='float32'"):
         load_config(None, ["model.param_dtype=bfloat16"])
+    with pytest.raises(ConfigError, match="needs loss scaling"):
+        load_config(None, ["model.compute_dtype=float16"])
     with pytest.raises(ConfigError, match="model.compute_dtype='int8' must be one of"):
         load_config(None, ["model.compute_dtype=int8"])
     with pytest.raises(ConfigError, match="data.min_pixels=5000 must be <= data.max_pixels=4000"):

@@ -381,6 +381,11 @@ def validate(cfg: Config) -> None:
         f"model.param_dtype={pd!r} with model.compute_dtype={cd!r}: the master weights must be float32 or the "
         "compute dtype itself (a narrower master than compute loses every update the compute could see)",
     )
+    need(
+        not (pd == "float32" and cd == "float16"),
+        "model.compute_dtype='float16' with a float32 master needs loss scaling, which is not implemented: "
+        "use bfloat16",
+    )
     lo, hi = d["data"]["min_pixels"], d["data"]["max_pixels"]
     need(lo is None or lo > 0, f"data.min_pixels={lo} must be > 0 (or null: the model's own)")
     need(hi is None or hi > 0, f"data.max_pixels={hi} must be > 0 (or null: the model's own)")
