@@ -7,6 +7,7 @@ accumulated in fp32 and synced back after the step, and a checkpoint round trip 
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -113,6 +114,8 @@ def test_checkpoint_keeps_the_fp32_master(tiny_model_dir, tmp_path):
     setup, _, after, _ = _one_step(tiny_model_dir, "float32", "bfloat16")
     S.save(setup, tmp_path, 1, {"data_position": 4}, keep_last=1)
     fresh = S.build_setup(_cfg(tiny_model_dir, "float32", "bfloat16"), D.DistInfo(), lr=2e-6, total_steps=1)
+    written = json.loads((tmp_path / "checkpoints" / "step_000001" / "model" / "config.json").read_text())
+    assert written["dtype"] == written["text_config"]["dtype"] == "float32"  # says what the weights are
     state = S.resume(fresh, tmp_path)
     assert state["step"] == 1 and state["data_position"] == 4
     got = _master(fresh)

@@ -18,6 +18,7 @@ mid-write leaves only the temp directory, which `latest_checkpoint` ignores and 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import shutil
@@ -48,12 +49,24 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _set_config_dtype(path: Path, dtype: torch.dtype) -> None:
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    name = str(dtype).removeprefix("torch.")
+    for node in [cfg, *(v for v in cfg.values() if isinstance(v, dict))]:
+        for key in ("dtype", "torch_dtype"):
+            if key in node:
+                node[key] = name
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def save_hf(model: Any, renderer: Any, out: Path, state_dict: dict[str, Any] | None = None) -> Path:
     """Weights + tokenizer + image processor as one HF directory (temp dir, then rename)."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
+    if state_dict:  # config.json names the dtype of the weights written (the master's, not the model's)
+        _set_config_dtype(tmp / "config.json", next(iter(state_dict.values())).dtype)
     renderer.tokenizer.save_pretrained(str(tmp))
     renderer.image_processor.save_pretrained(str(tmp))
     shutil.rmtree(out, ignore_errors=True)
