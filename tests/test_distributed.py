@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from tests.test_trainer import build_world
 
@@ -31,7 +32,7 @@ train(load_config(None, overrides), engine_hook=forced_hook())
 """
 
 
-def _overrides(model_dir, world, run_dir):
+def _overrides(model_dir, world, run_dir, compute="float32"):
     from tests.test_trainer import train_config  # noqa: F401  (same settings, as a list of overrides)
 
     base = {
@@ -42,7 +43,7 @@ def _overrides(model_dir, world, run_dir):
         "rollout.max_response_tokens": 1000, "rollout.max_prompt_tokens": 2000, "rollout.max_images": 4,
         "rollout.schedule": "round_sync", "rollout.tool_workers": 1, "grpo.kl_coef": 0.01,
         "grpo.logprob_chunk_tokens": 64, "optim.lr": 1e-2, "optim.eps": 1.0, "optim.grad_clip": 0.0,
-        "data.shuffle": False, **world,
+        "data.shuffle": False, "model.param_dtype": "float32", "model.compute_dtype": compute, **world,
     }  # fmt: skip
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -55,17 +56,19 @@ def _run(cmd: list[str], overrides: list[str], tmp: Path, name: str) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
 
-def test_two_process_fsdp2_matches_one_process(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("compute", ["float32", "bfloat16"])
+def test_two_process_fsdp2_matches_one_process(tiny_model_dir, tmp_path, compute):
+    """fp32, and fp32 master with bf16 compute (FSDP2 MixedPrecisionPolicy vs precision.MasterWeightPolicy)."""
     from safetensors.torch import load_file
 
     world = build_world(tmp_path / "world")
     script = tmp_path / "run_train.py"
     script.write_text(SCRIPT.format(root=str(ROOT)))
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    _run([sys.executable, str(script)], _overrides(tiny_model_dir, world, tmp_path / "one"), tmp_path, "one")
+    _run([sys.executable, str(script)], _overrides(tiny_model_dir, world, tmp_path / "one", compute), tmp_path, "one")
     _run(
         [torchrun, "--standalone", "--nproc_per_node", "2", str(script)],
-        _overrides(tiny_model_dir, world, tmp_path / "two"),
+        _overrides(tiny_model_dir, world, tmp_path / "two", compute),
         tmp_path,
         "two",
     )
@@ -75,13 +78,20 @@ def test_two_process_fsdp2_matches_one_process(tiny_model_dir, tmp_path):
     )
     assert [r["step"] for r in two] == [1, 2]
     for a, b in zip(one, two, strict=True):
+        print(f"{compute} step {a['step']}: grad norm {a['actor/grad_norm']:.8f} vs {b['actor/grad_norm']:.8f}, "
+              f"pg_loss {a['actor/pg_loss']:.8f} vs {b['actor/pg_loss']:.8f}")  # fmt: skip
         assert a["rollout/n_trajectories"] == b["rollout/n_trajectories"] == 4
         assert abs(a["reward/mean"] - b["reward/mean"]) < 1e-9
         assert abs(a["actor/grad_norm"] - b["actor/grad_norm"]) <= 1e-4 * a["actor/grad_norm"]
         assert abs(a["actor/pg_loss"] - b["actor/pg_loss"]) < 1e-5
+    # the checkpoint keeps the fp32 master (final/ is the compute-dtype copy)
     start = load_file(str(tiny_model_dir / "model.safetensors"))
-    p1 = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
-    p2 = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    ck = Path("checkpoints") / "step_000002" / "model" / "model.safetensors"
+    p1 = load_file(str(tmp_path / "one" / ck))
+    p2 = load_file(str(tmp_path / "two" / ck))
+    assert {v.dtype for v in p1.values()} == {v.dtype for v in p2.values()} == {torch.float32}
+    final = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    assert {v.dtype for v in final.values()} == {getattr(torch, compute)}
     assert p1.keys() == p2.keys()
     moved = 0
     for k in p1:

@@ -46,8 +46,10 @@ class RewardConfig:
 class DataConfig:
     train_files: list[str] = field(default_factory=list)
     val_files: list[str] = field(default_factory=list)
-    min_pixels: int = 3136  # 4 * 28 * 28
-    max_pixels: int = 1003520  # 1280 * 28 * 28
+    # image pixel budget given to the image processor (None: the model directory's own preprocessor_config);
+    # an image's tokens are at most max_pixels / 784 (28 x 28 pixels per token)
+    min_pixels: int | None = None
+    max_pixels: int | None = None
     skip_bad_rows: bool = False
     shuffle: bool = True
 
@@ -55,10 +57,11 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     path: str = ""
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    # master weights, gradients and optimizer state | forward/backward compute (rl/precision.py, docs/memory.md)
+    param_dtype: str = "float32"  # float32 | bfloat16 | float16
+    compute_dtype: str = "float32"  # float32 | bfloat16 | float16; narrower than param_dtype = mixed precision
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
-    trust_remote_code: bool = False
 
 
 @dataclass

@@ -56,7 +56,8 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "grpo.loss_agg": ("token_mean", "seq_mean_token_mean"),
     "grpo.adv_estimator": ("grpo", "grpo_mean"),
     "grpo.kl_kind": ("low_var_kl", "k1"),
-    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16", "float16"),
+    "model.compute_dtype": ("float32", "bfloat16", "float16"),
     "rollout.engine": ("hf", "vllm"),
 }
 
@@ -308,14 +309,22 @@ def validate(cfg: Config) -> None:
     need(0 <= o["sigmoid_ratio"] <= 1, "optim.sigmoid_ratio must be in [0, 1]")
     need(o["sigmoid_center"] > 0, "optim.sigmoid_center must be > 0")
     need(o["grad_clip"] >= 0, "optim.grad_clip must be >= 0 (0 = off)")
-    errs += reward_protocol_errors(d["reward"], d["protocol"])
-    from mmsearch_r1.search.secrets import REDACTED, find_redacted
-
-    for where in find_redacted(d):
-        errs.append(
-            f"{where} is {REDACTED!r}: secrets are removed when a config is saved; give the key through "
-            "the environment (api_key_env / token_env)"
-        )
+    pd, cd = d["model"]["param_dtype"], d["model"]["compute_dtype"]
+    need(
+        pd == cd or pd == "float32",
+        f"model.param_dtype={pd!r} with model.compute_dtype={cd!r}: the master weights must be float32 or the "
+        "compute dtype itself (a narrower master than compute loses every update the compute could see)",
+    )
+    need(
+        not (pd == "float32" and cd == "float16"),
+        "model.compute_dtype='float16' with a float32 master needs loss scaling, which is not implemented: "
+        "use bfloat16",
+    )
+    lo, hi = d["data"]["min_pixels"], d["data"]["max_pixels"]
+    need(lo is None or lo > 0, f"data.min_pixels={lo} must be > 0 (or null: the model's own)")
+    need(hi is None or hi > 0, f"data.max_pixels={hi} must be > 0 (or null: the model's own)")
+    if lo is not None and hi is not None:
+        need(lo <= hi, f"data.min_pixels={lo} must be <= data.max_pixels={hi}")
     if errs:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errs))
 

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "search",
     "infer",
     "train",
+    "plan",
     "sft",
     "eval",
     "report",

@@ -1,8 +1,12 @@
-"""`mmsearch-r1 sft CONFIG [a.b=c ...]`: supervised warm start on conversations (docs/sft.md)."""
+"""`mmsearch-r1 sft CONFIG [a.b=c ...]`: supervised warm start on conversations (docs/sft.md).
+
+Multi-process: `torchrun --nproc_per_node N -m mmsearch_r1.cli sft CONFIG ...`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -15,12 +19,13 @@ def _sft(args: argparse.Namespace) -> int:
     if config is not None and "=" in config and not Path(config).is_file():  # no config file, only overrides
         config, overrides = None, [config, *overrides]
     cfg = load_config(config, overrides)
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     bar = None
     from mmsearch_r1.cli.progress import progress_bar as tqdm  # plain lines when stderr is not a terminal
 
     def progress(step: int, total: int, metrics: dict[str, float]) -> None:
         nonlocal bar
-        if tqdm is None or args.no_progress:
+        if tqdm is None or args.no_progress or not main:
             return
         if bar is None:
             bar = tqdm(total=total, desc="sft", unit="step", file=sys.stderr)
@@ -32,6 +37,8 @@ def _sft(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    if not main:
+        return 0
     print(
         f"SFT: {result.steps} steps on {result.n_conversations} conversations, last loss {result.final_loss:.4f}"
     )

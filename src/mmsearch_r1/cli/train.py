@@ -27,6 +27,9 @@ def _train(args: argparse.Namespace) -> int:
 
         sys.stdout.write(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False))
         return 0
+    from mmsearch_r1.rl.memory_plan import check_before_train
+
+    check_before_train(cfg, args.gpu_mem_gb, args.ignore_memory_plan)  # docs/memory.md
     from mmsearch_r1.rl.trainer import train
 
     main = int(os.environ.get("RANK", "0")) == 0
@@ -77,5 +80,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--print-config",
         action="store_true",
         help="print the resolved config (YAML) and exit before loading a model",
+    )
+    p.add_argument(
+        "--gpu-mem-gb",
+        type=float,
+        default=None,
+        help="GiB per GPU for the memory plan (default: the CUDA device's; no check on CPU without it)",
+    )
+    p.add_argument(
+        "--ignore-memory-plan", action="store_true", help="start even if the memory plan says it cannot fit"
     )
     p.set_defaults(func=_train)

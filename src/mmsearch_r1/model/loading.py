@@ -27,8 +27,15 @@ def _check_dir(path: str | Path) -> Path:
     return p
 
 
-def load_processor(path: str | Path) -> ChatRenderer:
-    """Tokenizer + image processor of a checkpoint directory, wrapped as a `ChatRenderer`."""
+def load_processor(
+    path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None
+) -> ChatRenderer:
+    """Tokenizer + image processor of a checkpoint directory, wrapped as a `ChatRenderer`.
+
+    `min_pixels` / `max_pixels` (the config's `data.min_pixels` / `data.max_pixels`) replace the checkpoint's own
+    pixel budget: every image is resized (aspect ratio kept, sides multiples of 28) so that its area lies within
+    them, which bounds its image tokens at `max_pixels / 784`. None keeps the checkpoint's value.
+    """
     from transformers import AutoImageProcessor, AutoTokenizer
 
     p = Path(path)
@@ -39,7 +46,10 @@ def load_processor(path: str | Path) -> ChatRenderer:
     tokenizer = AutoTokenizer.from_pretrained(str(p))
     if not (p / "preprocessor_config.json").is_file():
         raise FileNotFoundError(f"{p} has no preprocessor_config.json (image processor)")
-    image_processor = AutoImageProcessor.from_pretrained(str(p), backend="pil")
+    if min_pixels is not None and max_pixels is not None and not 0 < min_pixels <= max_pixels:
+        raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
+    budget = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+    image_processor = AutoImageProcessor.from_pretrained(str(p), backend="pil", **budget)
     return ChatRenderer(tokenizer, image_processor)
 
 

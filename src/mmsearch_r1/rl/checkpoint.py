@@ -6,9 +6,10 @@ Layout of `RUN_DIR/checkpoints/step_NNNNNN/`:
 - `state.pt`: step, data position, optimizer and lr-scheduler state, the trainer's own state dict;
 - `rng_rank{R}.pt`: each rank's python / numpy / torch (and CUDA) RNG states.
 
-Checkpoints are *gathered* (not sharded): under FSDP2 the full model and optimizer state dicts are assembled with
-`torch.distributed.checkpoint.state_dict` (`full_state_dict=True`, offloaded to CPU) and rank 0 writes them; on
-resume every rank reads the full state and keeps its shard. This suits the model sizes this project trains
+Checkpoints are *gathered* (not sharded) and keep the master weights (`model.param_dtype`): under FSDP2 the
+weights are gathered one tensor at a time into rank 0's CPU memory and the optimizer state dict is assembled with
+`torch.distributed.checkpoint.state_dict` (`full_state_dict=True`, offloaded to rank 0's CPU); rank 0 writes
+them; on resume every rank reads the full state and keeps its shard. This suits the model sizes this project trains
 (the paper's 7B: about 15 GB of bf16 weights); a sharded DCP format would be the next step for larger ones.
 
 Atomicity: everything is written into `.step_NNNNNN.tmp/` and renamed to `step_NNNNNN/` at the end; a crash
@@ -17,6 +18,7 @@ mid-write leaves only the temp directory, which `latest_checkpoint` ignores and 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import shutil
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 
 from mmsearch_r1.model import load_model
-from mmsearch_r1.rl.distributed import DistInfo, barrier
+from mmsearch_r1.rl.distributed import DistInfo, barrier, iter_full_params
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +49,24 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _set_config_dtype(path: Path, dtype: torch.dtype) -> None:
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    name = str(dtype).removeprefix("torch.")
+    for node in [cfg, *(v for v in cfg.values() if isinstance(v, dict))]:
+        for key in ("dtype", "torch_dtype"):
+            if key in node:
+                node[key] = name
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def save_hf(model: Any, renderer: Any, out: Path, state_dict: dict[str, Any] | None = None) -> Path:
     """Weights + tokenizer + image processor as one HF directory (temp dir, then rename)."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
+    if state_dict:  # config.json names the dtype of the weights written (the master's, not the model's)
+        _set_config_dtype(tmp / "config.json", next(iter(state_dict.values())).dtype)
     renderer.tokenizer.save_pretrained(str(tmp))
     renderer.image_processor.save_pretrained(str(tmp))
     shutil.rmtree(out, ignore_errors=True)
@@ -60,15 +74,14 @@ def save_hf(model: Any, renderer: Any, out: Path, state_dict: dict[str, Any] | N
     return out
 
 
-def full_model_state(policy: torch.nn.Module, info: DistInfo) -> dict[str, torch.Tensor]:
-    """The full (unsharded) state dict of the policy's HF model, on CPU, keys without the wrapper prefix."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    if info.enabled:
-        sd = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True))  # on every rank
-    else:
-        sd = {k: v.detach() for k, v in policy.state_dict().items()}
-    return {k.removeprefix("model."): v for k, v in sd.items()}
+def master_weights_on_main(policy: torch.nn.Module, info: DistInfo) -> dict[str, torch.Tensor] | None:
+    """The policy's (master) weights, gathered one tensor at a time into a CPU dict on the main rank only."""
+    out: dict[str, torch.Tensor] | None = {} if info.is_main else None
+    for name, t in iter_full_params(policy, info):
+        if out is not None:
+            out[name] = t.to("cpu", copy=True)
+        del t
+    return out
 
 
 def optimizer_state(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict:
@@ -106,13 +119,15 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint `step` (collective under FSDP: every rank must call it). Returns its directory.
 
-    `hf_model` is an unsharded HF model holding the current weights (the trainer's rollout copy, synced from the
-    gathered state dict after every update when distributed); it is written with `save_pretrained`.
+    `hf_model` is an unsharded HF model of the same architecture (the rollout copy); `model/` is written with its
+    `save_pretrained` but holds the policy's master weights (in `model.param_dtype`), gathered one tensor at a
+    time to the main rank's CPU memory, so a resume continues from the exact master.
     """
     root = Path(run_dir) / "checkpoints"
     final = root / f"step_{step:06d}"
     tmp = root / f".step_{step:06d}.tmp"
     optim_sd = optimizer_state(policy, optimizer, info)
+    weights = master_weights_on_main(policy, info)
     if info.is_main:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -120,7 +135,7 @@ def save_checkpoint(
     barrier(info)
     torch.save(capture_rng(), tmp / f"rng_rank{info.rank}.pt")
     if info.is_main:
-        save_hf(hf_model, renderer, tmp / "model")
+        save_hf(hf_model, renderer, tmp / "model", state_dict=weights)
         state = {
             "step": step,
             "optimizer": optim_sd,

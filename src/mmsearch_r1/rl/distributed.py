@@ -4,9 +4,10 @@
 the run is a single process and every helper here is a no-op. Backend: NCCL when CUDA is available (one GPU per
 local rank), gloo on CPU. Standard torchrun flags (`--nproc_per_node`, `--nnodes`, `--rdzv_*`) work unchanged.
 
-`shard_policy(policy, info)` applies `fully_shard` to every text decoder layer and vision block of a Qwen-VL
-model, then to the root module (the trainer's `PolicyForward` wrapper, so one call unshards the embeddings,
-final norm and lm_head too). FSDP averages gradients over ranks; the trainer multiplies each rank's loss by the
+`shard_policy(policy, info, compute_dtype)` applies `fully_shard` to every text decoder layer and vision block of a
+Qwen-VL model, then to the root module (the trainer's `PolicyForward` wrapper, so one call unshards the
+embeddings, final norm and lm_head too); with a compute dtype narrower than the parameters, a
+`MixedPrecisionPolicy` runs forward/backward in it and reduces gradients in the parameters' dtype (docs/memory.md). FSDP averages gradients over ranks; the trainer multiplies each rank's loss by the
 world size and uses a global token normalizer, so the update equals the single-process one on the same global
 batch.
 
@@ -79,15 +80,30 @@ def _blocks(model: Any) -> list[torch.nn.Module]:
     return out
 
 
-def shard_policy(policy: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
-    """`fully_shard` each decoder layer / vision block, then the root; no-op for one process."""
+def shard_policy(
+    policy: torch.nn.Module, info: DistInfo, compute_dtype: torch.dtype | None = None
+) -> torch.nn.Module:
+    """`fully_shard` each decoder layer / vision block, then the root; no-op for one process.
+
+    The sharded parameters keep their own dtype (the master: gradients and optimizer state follow it). With a
+    narrower `compute_dtype`, a `MixedPrecisionPolicy` casts the gathered parameters to it for forward and
+    backward and reduce-scatters the gradients in the master's dtype. The batch is not cast
+    (`cast_forward_inputs=False`: it holds the fp32 advantages and log-probs; pixel values are cast by the
+    forward itself). A frozen module (the reference model) is sharded the same way, in its own dtype.
+    """
     if not info.enabled:
         return policy
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    master = next(policy.parameters()).dtype
+    kw: dict[str, Any] = {}
+    if compute_dtype is not None and compute_dtype != master:
+        kw["mp_policy"] = MixedPrecisionPolicy(
+            param_dtype=compute_dtype, reduce_dtype=master, cast_forward_inputs=False
+        )
     for block in _blocks(policy):
-        fully_shard(block)
-    fully_shard(policy)
+        fully_shard(block, **kw)
+    fully_shard(policy, **kw)
     return policy
 
 

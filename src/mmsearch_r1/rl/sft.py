@@ -12,8 +12,11 @@ conversation becomes a `Trajectory` (prompt = the tokens before the first traine
 `compute_position_ids`, images anywhere, chunked `token_logprobs` without full-vocabulary logits).
 
 Batching: `sft.batch_size` conversations per optimizer step (an endless stream of per-epoch permutations seeded by
-`trainer.seed`; `sft.max_steps` or `sft.epochs` decides the length; single process, on CUDA when available), `sft.micro_batch_size` per forward, right
-padded to the longest in the micro-batch. Sequences are not packed (several conversations in one row would need a
+`trainer.seed`; `sft.max_steps` or `sft.epochs` decides the length), `sft.micro_batch_size` per forward, right
+padded to the longest in the micro-batch. Under torchrun each rank takes its contiguous `batch_size / world_size`
+share of the step's conversations; the normalizer is still the whole step's token count. Model, precision
+(`model.param_dtype` / `model.compute_dtype`), FSDP2, optimizer, checkpoints and the logger come from the GRPO
+trainer's set-up (rl/setup.py). Sequences are not packed (several conversations in one row would need a
 block-diagonal attention mask and per-segment rope indices). AdamW with `sft.lr` and `optim.*` (betas, weight
 decay, lr schedule, warm-up, gradient clipping).
 
@@ -38,14 +41,12 @@ from typing import Any
 import torch
 
 from mmsearch_r1.config import Config
-from mmsearch_r1.config_io import config_to_dict, save_config
-from mmsearch_r1.model import load_model, load_processor
+from mmsearch_r1.config_io import save_config
+from mmsearch_r1.model import load_processor
 from mmsearch_r1.rl import checkpoint as ckpt
+from mmsearch_r1.rl import distributed as D
 from mmsearch_r1.rl.batch import PolicyForward
 from mmsearch_r1.rl.batch import collate as collate_trajectories
-from mmsearch_r1.rl.distributed import DistInfo
-from mmsearch_r1.rl.metrics import MetricLogger, read_metrics
-from mmsearch_r1.rl.schedules import build_scheduler
 from mmsearch_r1.rl.sft_data import TokenizedConversation, read_conversations, tokenize_conversation
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,12 @@ class SFTResult:
     n_dropped: int
 
 
-def check_sft_config(cfg: Config) -> None:
+def check_sft_config(cfg: Config, world_size: int = 1) -> None:
     """ValueError naming each bad `sft.*` / `model.*` key."""
     s = cfg.sft
     errs = []
+    if s.batch_size % world_size:
+        errs.append(f"sft.batch_size={s.batch_size} must be divisible by the number of processes ({world_size})")
     if not s.train_files:
         errs.append("sft.train_files is empty: give at least one conversations JSONL or parquet file")
     if not cfg.model.path:
@@ -121,25 +124,22 @@ def run_sft(
     `resume`: continue from the last checkpoint in `sft.run_dir` (model, optimizer, scheduler, RNG, data
     position), keeping the metrics lines up to it; the result equals an uninterrupted run.
     """
-    check_sft_config(cfg)
+    from mmsearch_r1.rl import setup as S
+
+    info = D.init_distributed()
+    check_sft_config(cfg, info.world_size)
     s = cfg.sft
     torch.manual_seed(cfg.trainer.seed)
     random.seed(cfg.trainer.seed)
     run = Path(s.run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run / "config.yaml")
-    info = DistInfo(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if info.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
 
-    # -- model, data ------------------------------------------------------------------------------------------
-    last = ckpt.latest_checkpoint(run) if resume else None
-    if resume and last is None:
+    # -- data, then model, optimizer (rl/setup.py: the GRPO trainer's own set-up) ---------------------------------
+    if resume and ckpt.latest_checkpoint(run) is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {run / 'checkpoints'}")
-    renderer = load_processor(cfg.model.path)
-    model = load_model(cfg.model.path, cfg.model.dtype, str(info.device), cfg.model.attn_implementation)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    model.train()
-    policy = PolicyForward(model, cfg.grpo.logprob_chunk_tokens)
+    renderer = load_processor(cfg.model.path, cfg.data.min_pixels, cfg.data.max_pixels)
     convs = read_conversations(s.train_files)
     data: list[TokenizedConversation] = []
     for c in convs:
@@ -157,51 +157,47 @@ def run_sft(
     n_trunc = sum(tc.truncated for tc in data)
     log.info("SFT on %d conversations (%d dropped, %d truncated)", len(data), len(convs) - len(data), n_trunc)
     total = s.max_steps if s.max_steps > 0 else s.epochs * math.ceil(len(data) / s.batch_size)
-
-    # -- optimizer, resume, logger ------------------------------------------------------------------------------
-    params = [p for p in policy.parameters() if p.requires_grad]
+    setup = S.build_setup(cfg, info, lr=s.lr, total_steps=total)
+    model, policy, params, optimizer, scheduler = (
+        setup.model,
+        setup.policy,
+        setup.params,
+        setup.optimizer,
+        setup.scheduler,
+    )
+    model.train()
     o = cfg.optim
-    optimizer = torch.optim.AdamW(
-        params, lr=s.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps
-    )
-    scheduler = build_scheduler(optimizer, o, total)
     start, data_pos = 0, 0
-    if last is not None:
-        state = ckpt.load_checkpoint(last, policy=policy, optimizer=optimizer, scheduler=scheduler, info=info)
+    if resume:
+        state = S.resume(setup, run)
         start, data_pos = state["step"], state["data_position"]
-    old = read_metrics(run / "metrics.jsonl") if resume and (run / "metrics.jsonl").is_file() else []
-    logger = MetricLogger(
-        run,
-        tensorboard=cfg.trainer.log_tensorboard,
-        wandb=cfg.trainer.log_wandb,
-        wandb_project=cfg.trainer.wandb_project,
-        config=config_to_dict(cfg),
-    )
-    for row in old:
-        if row["step"] <= start:
-            logger.log(row.pop("step"), row)
+    logger = S.open_logger(cfg, run, info, resume, start)
     stream = index_stream(len(data), cfg.trainer.seed, s.shuffle, start=data_pos)
     loss_value = float("nan")
+    W, share = info.world_size, s.batch_size // info.world_size
 
     for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
         picked = [next(stream) for _ in range(s.batch_size)]
         data_pos += s.batch_size
         items = [data[i] for _, i in picked]
-        n_tokens = sum(sum(it.loss_mask) for it in items)
+        n_tokens = sum(sum(it.loss_mask) for it in items)  # of the whole step (every rank sees the same picks)
+        mine = items[info.rank * share : (info.rank + 1) * share]
 
         # -- forward/backward over micro-batches, normalized by the step's token count ---------------------
         optimizer.zero_grad(set_to_none=True)
         nll_total = 0.0
-        for k in range(0, len(items), s.micro_batch_size):
-            batch = collate(items[k : k + s.micro_batch_size], renderer, info.device)
+        for k in range(0, len(mine), s.micro_batch_size):
+            batch = collate(mine[k : k + s.micro_batch_size], renderer, info.device)
             nll, _ = masked_nll_sum(policy, batch)
-            (nll / max(1, n_tokens)).backward()
+            (nll * (W / max(1, n_tokens))).backward()  # FSDP averages gradients over the W ranks
             nll_total += float(nll.detach())
+        nll_total = D.all_reduce_sums([nll_total], info)[0]
 
         # -- update ------------------------------------------------------------------------------------------
         clip = o.grad_clip if o.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        gn = torch.nn.utils.clip_grad_norm_(params, clip)
+        grad_norm = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
@@ -220,26 +216,24 @@ def run_sft(
             "perf/time_step_s": dt,
             "perf/tokens_per_s": seq_tokens / dt if dt > 0 else 0.0,
         }
-        if step % s.log_every == 0 or step == total:
+        if logger is not None and (step % s.log_every == 0 or step == total):
             logger.log(step, metrics)
         if progress is not None:
             progress(step, total, metrics)
         if (s.save_every and step % s.save_every == 0) or step == total:
-            ckpt.save_checkpoint(
-                run,
-                step,
-                policy=policy,
-                hf_model=model,
-                renderer=renderer,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                trainer_state={"data_position": data_pos},
-                keep_last=cfg.trainer.keep_last,
-                info=info,
-            )
+            S.save(setup, run, step, {"data_position": data_pos}, cfg.trainer.keep_last)
 
     # -- export ----------------------------------------------------------------------------------------------
-    logger.close()
-    final = ckpt.save_hf(model.eval(), renderer, Path(s.export_dir) if s.export_dir else run / "final")
+    if logger is not None:
+        logger.close()
+    gen = setup.gen_model
+    if setup.separate_gen_copy:  # under FSDP: the unsharded copy takes the trained weights, one tensor at a time
+        with torch.no_grad():
+            own = dict(gen.named_parameters()) | dict(gen.named_buffers())
+            for name, t in D.iter_full_params(policy, info):
+                own[name].copy_(t)
+    export = Path(s.export_dir) if s.export_dir else run / "final"
+    final = ckpt.save_hf(gen.eval(), renderer, export) if info.is_main else export
+    D.barrier(info)
     log.info("SFT done: steps %d..%d, last loss %.4f, model in %s", start + 1, total, loss_value, final)
     return SFTResult(run, final, total, loss_value, run / "metrics.jsonl", len(data), len(convs) - len(data))

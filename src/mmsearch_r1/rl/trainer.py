@@ -3,8 +3,8 @@
 One training step (`trainer.prompts_per_step` prompts, `rollout.n` rollouts each; every rank takes its
 contiguous share of the step's prompts):
 
-1. Rollout: the agent loop (`rollout.AgentLoop`) with the HF engine on an unsharded copy of the policy (the
-   policy itself when there is one process). Sampling is seeded per (trainer.seed, step, round) and, inside the
+1. Rollout: the agent loop (`rollout.AgentLoop`) with the HF engine on an unsharded copy of the policy in
+   `model.compute_dtype` (the compute model itself when there is one process; rl/setup.py). Sampling is seeded per (trainer.seed, step, round) and, inside the
    engine, per trajectory and turn, so a step's rollouts depend only on the weights, the data position and the
    seed: this is what makes `--resume` exact.
 2. Reward: `reward.compute_reward` on the assistant turns, with the training step for the search-penalty warm-up.
@@ -14,8 +14,8 @@ contiguous share of the step's prompts):
    rounds; the step then trains on what it has (possibly fewer groups).
 5. Old log-probs: recomputed by the trainer with the same forward as the update (`rl.batch.PolicyForward`, the
    sampling temperature); the gap to the engine's recorded log-probs is logged as `rollout/logprob_diff_max`.
-6. Reference log-probs: only when `grpo.kl_coef > 0` (the reference model is never built otherwise); it is an
-   unsharded frozen copy of the starting weights on every rank.
+6. Reference log-probs: only when `grpo.kl_coef > 0` (the reference model is never built otherwise); it is a
+   frozen copy of the starting weights in `model.compute_dtype`, FSDP-sharded like the policy (rl/setup.py).
 7. Update: `trainer.prompts_per_step / trainer.mini_batch_prompts` optimizer steps per epoch (`grpo.ppo_epochs`),
    each over micro-batches of `trainer.micro_batch_size` trajectories with gradient accumulation; the loss of
    each micro-batch is normalized by the whole mini-batch's count over all ranks (`agg_normalizer`) and multiplied
@@ -41,12 +41,12 @@ from typing import Any
 import torch
 
 from mmsearch_r1.config import Config
-from mmsearch_r1.config_io import config_to_dict, save_config
+from mmsearch_r1.config_io import save_config
 from mmsearch_r1.rl import checkpoint as ckpt
 from mmsearch_r1.rl import distributed as D
-from mmsearch_r1.rl.batch import PolicyForward, collate, index_stream, micro_batches, seed_all
+from mmsearch_r1.rl.batch import collate, index_stream, micro_batches, seed_all
 from mmsearch_r1.rl.grpo import agg_normalizer, filter_groups_dynamic, group_advantages, grpo_loss
-from mmsearch_r1.rl.metrics import MetricLogger, rollout_metrics, search_counters, trajectory_row
+from mmsearch_r1.rl.metrics import rollout_metrics, search_counters, trajectory_row
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +154,10 @@ def train(
     """Run GRPO as configured (module docstring). `engine_hook(engine, renderer) -> engine` may wrap the HF
     engine (tests force protocol tags around sampled tokens with `rollout.ForcedActionEngine`)."""
     from mmsearch_r1.data.reader import read_many
-    from mmsearch_r1.model import load_model, load_processor
-    from mmsearch_r1.rl.schedules import build_scheduler
+    from mmsearch_r1.rl import setup as S
     from mmsearch_r1.rollout.hf_engine import HFEngine
     from mmsearch_r1.rollout.loop import AgentLoop, sampling_params
+    from mmsearch_r1.rollout.prompt_filter import filter_prompts, write_report
     from mmsearch_r1.tools import build_tools
 
     info = D.init_distributed()
@@ -170,28 +170,31 @@ def train(
         save_config(cfg, run / "config.yaml")
 
     # ==================================================================== models, data, tools, optimizer
-    renderer = load_processor(cfg.model.path)
-
-    def load() -> Any:
-        return load_model(cfg.model.path, cfg.model.dtype, str(info.device), cfg.model.attn_implementation)
-
-    model = load()
     if t_cfg.val_only:
+        from mmsearch_r1.model import load_model, load_processor
         from mmsearch_r1.rl.val_only import run_val_only
 
+        m = cfg.model
+        renderer = load_processor(m.path, cfg.data.min_pixels, cfg.data.max_pixels)
+        model = load_model(m.path, m.compute_dtype, str(info.device), m.attn_implementation)
         return run_val_only(cfg, model, renderer, info, run, validate, engine_hook)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    gen_model = load() if info.enabled else model  # FSDP shards the policy: generate on a full copy
-    lp_temp = sampling_params(r_cfg).logprob_temperature
-    ref = None
-    if g_cfg.kl_coef > 0:
-        ref = PolicyForward(load().requires_grad_(False), g_cfg.logprob_chunk_tokens, lp_temp)
-    policy = D.shard_policy(PolicyForward(model, g_cfg.logprob_chunk_tokens, lp_temp), info)
+    setup = S.build_setup(
+        cfg,
+        info,
+        lr=cfg.optim.lr,
+        total_steps=t_cfg.total_steps,
+        logprob_temperature=sampling_params(r_cfg).logprob_temperature,
+        with_ref=g_cfg.kl_coef > 0,
+    )
+    renderer, model, policy, ref = setup.renderer, setup.model, setup.policy, setup.ref
+    params, optimizer, scheduler, gen_model = setup.params, setup.optimizer, setup.scheduler, setup.gen_model
     samples = read_many(cfg.data.train_files, skip_bad_rows=cfg.data.skip_bad_rows).samples
     val_samples = read_many(cfg.data.val_files).samples if cfg.data.val_files else []
+    samples, data_report = filter_prompts(samples, renderer, cfg.protocol, r_cfg)  # too long: reported
+    if info.is_main:
+        write_report(data_report, run / "data_report.json")
     if not samples:
-        raise ValueError(f"no training samples in {cfg.data.train_files}")
+        raise ValueError(f"no usable training samples in {cfg.data.train_files} (see {run / 'data_report.json'})")
     by_id = {s.id: s for s in samples}
     tools = build_tools(cfg.search)
     engine = gen_engine = HFEngine(gen_model, renderer)
@@ -203,31 +206,14 @@ def train(
             engine=engine, renderer=renderer, tools=tools, protocol=cfg.protocol, rollout=r_cfg, params=params
         )
 
-    params = [p for p in policy.parameters() if p.requires_grad]
     o = cfg.optim
-    optimizer = torch.optim.AdamW(
-        params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps
-    )
-    scheduler = build_scheduler(optimizer, o, t_cfg.total_steps)
     start, data_pos = 0, 0
     if resume:
-        last = ckpt.latest_checkpoint(run)
-        if last is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {run / 'checkpoints'}")
-        state = ckpt.load_checkpoint(last, policy=policy, optimizer=optimizer, scheduler=scheduler, info=info)
+        state = S.resume(setup, run)
         start, data_pos = state["step"], state["data_position"]
-        if gen_model is not model:
+        if setup.separate_gen_copy:
             gen_engine.load_weights(D.iter_full_params(policy, info))
-    logger = None
-    if info.is_main:
-        logger = MetricLogger(
-            run,
-            tensorboard=t_cfg.log_tensorboard,
-            wandb=t_cfg.log_wandb,
-            wandb_project=t_cfg.wandb_project,
-            config=config_to_dict(cfg),
-            resume_step=start if resume else None,  # keeps rows <= start, a torn last line dropped
-        )
+    logger = S.open_logger(cfg, run, info, resume, start)
     model.eval()
     if val_samples and t_cfg.val_before_train and start == 0:
         m = validate(cfg, loop_factory, val_samples, info, run, 0)
@@ -299,11 +285,12 @@ def train(
                 for k in range(k_max):
                     b, w = micro(i, k)
                     lp, _ = policy(b)
+                    rlp = ref(b)[0] if ref is not None else None  # (collective when sharded: every rank)
                     if w:
                         old_lp[(i, k)] = lp.detach()
                         diff = max(diff, float(((lp - b["engine_logp"]).abs() * b["mask"]).max()))
-                        if ref is not None:
-                            ref_lp[(i, k)] = ref(b)[0].detach()
+                        if rlp is not None:
+                            ref_lp[(i, k)] = rlp.detach()
         metrics["perf/time_logprob_s"] = time.perf_counter() - t0
         metrics["rollout/logprob_diff_max"] = max(D.all_gather_objects(diff, info))
         # ================================================================ mini-batch updates
@@ -357,7 +344,7 @@ def train(
                 optimizer.step()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        if gen_model is not model:  # the rollout copy gets the new weights, one tensor at a time
+        if setup.separate_gen_copy:  # the rollout copy gets the new weights, one tensor at a time
             gen_engine.load_weights(D.iter_full_params(policy, info))
         metrics["perf/time_update_s"] = time.perf_counter() - t0
         # ================================================================ log
@@ -409,18 +396,7 @@ def train(
         if logger:
             logger.log(done, metrics)
         if (t_cfg.save_every > 0 and done % t_cfg.save_every == 0) or done == t_cfg.total_steps:
-            ckpt.save_checkpoint(
-                run,
-                done,
-                policy=policy,
-                hf_model=gen_model,
-                renderer=renderer,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                trainer_state={"data_position": data_pos},
-                keep_last=t_cfg.keep_last,
-                info=info,
-            )
+            S.save(setup, run, done, {"data_position": data_pos}, t_cfg.keep_last)
         if progress is not None:
             progress(done, t_cfg.total_steps, metrics)
 
