@@ -54,7 +54,8 @@ def save_hf(model: Any, renderer: Any, out: Path, state_dict: dict[str, Any] | N
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
     renderer.tokenizer.save_pretrained(str(tmp))
-    renderer.image_processor.save_pretrained(str(tmp))
+    if renderer.image_processor is not None:  # None: a text-only model
+        renderer.image_processor.save_pretrained(str(tmp))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
