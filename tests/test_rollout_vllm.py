@@ -217,7 +217,7 @@ def test_agent_loop_streams_into_vllm_and_the_trainer_reproduces_logprobs(stack)
     assert batch["mask"].sum() > 20 and gap < 1e-3, gap
 
 
-def _fused(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def fused(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The HF Qwen2 tensors in vLLM's layout: q/k/v -> qkv_proj, gate/up -> gate_up_proj."""
     out: dict[str, torch.Tensor] = {}
     for name, t in hf.items():
@@ -250,7 +250,7 @@ def test_load_weights_tensor_by_tensor(stack):
         n = vllm.load_weights(D.iter_full_params(policy, D.DistInfo()))
         assert n == len(original)
         got = vllm.named_weights()
-        want = _fused({n: p.detach() for n, p in model.named_parameters()})
+        want = fused({n: p.detach() for n, p in model.named_parameters()})
         assert set(got) == set(want)
         packed = []
         for name, t in want.items():  # vLLM pads the vocabulary rows of the embedding and lm_head with zeros

@@ -97,7 +97,7 @@ def save_checkpoint(
     step: int,
     *,
     policy: torch.nn.Module,
-    hf_model: Any,
+    hf_model: Any | None,
     renderer: Any,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
@@ -108,7 +108,8 @@ def save_checkpoint(
     """Write checkpoint `step` (collective under FSDP: every rank must call it). Returns its directory.
 
     `hf_model` is an unsharded HF model holding the current weights (the trainer's rollout copy, synced from the
-    gathered state dict after every update when distributed); it is written with `save_pretrained`.
+    gathered state dict after every update when distributed); it is written with `save_pretrained`. None: there
+    is no such copy (the vLLM engine holds the generation weights) and the full state dict is gathered instead.
     """
     root = Path(run_dir) / "checkpoints"
     final = root / f"step_{step:06d}"
@@ -120,8 +121,9 @@ def save_checkpoint(
         tmp.mkdir()
     barrier(info)
     torch.save(capture_rng(), tmp / f"rng_rank{info.rank}.pt")
+    state_dict = full_model_state(policy, info) if hf_model is None else None  # collective
     if info.is_main:
-        save_hf(hf_model, renderer, tmp / "model")
+        save_hf(hf_model if hf_model is not None else policy.model, renderer, tmp / "model", state_dict)
         state = {
             "step": step,
             "optimizer": optim_sd,

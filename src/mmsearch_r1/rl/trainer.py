@@ -3,8 +3,10 @@
 One training step (`trainer.prompts_per_step` prompts, `rollout.n` rollouts each; every rank takes its
 contiguous share of the step's prompts):
 
-1. Rollout: the agent loop (`rollout.AgentLoop`) with the HF engine on an unsharded copy of the policy (the
-   policy itself when there is one process). Sampling is seeded per (trainer.seed, step, round) and, inside the
+1. Rollout: the agent loop (`rollout.AgentLoop`) with the engine `rollout.engine` names: HF `generate` on an
+   unsharded copy of the policy (the policy itself when there is one process), or vLLM colocated in this
+   process (its own weights, synced one tensor at a time after every update; on CUDA it sleeps, KV cache
+   released, from the end of the rollout until the sync; no HF copy is built). Sampling is seeded per (trainer.seed, step, round) and, inside the
    engine, per trajectory and turn, so a step's rollouts depend only on the weights, the data position and the
    seed: this is what makes `--resume` exact.
 2. Reward: `reward.compute_reward` on the assistant turns, with the training step for the search-penalty warm-up.
@@ -120,10 +122,11 @@ def train(
     from mmsearch_r1.data.reader import read_many
     from mmsearch_r1.model import load_model, load_processor
     from mmsearch_r1.rl.schedules import build_scheduler
-    from mmsearch_r1.rollout.hf_engine import HFEngine
+    from mmsearch_r1.rollout.engines import build_engine, check_engine
     from mmsearch_r1.rollout.loop import AgentLoop, sampling_params
     from mmsearch_r1.tools import build_tools
 
+    check_engine(cfg.rollout)  # before any model loads: vllm chosen but not installed is one line
     info = D.init_distributed()
     check_train_config(cfg, info.world_size)
     t_cfg, g_cfg, r_cfg = cfg.trainer, cfg.grpo, cfg.rollout
@@ -142,7 +145,9 @@ def train(
     model = load()
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    gen_model = load() if info.enabled else model  # FSDP shards the policy: generate on a full copy
+    vllm = r_cfg.engine == "vllm"  # vLLM loads its own generation weights: no HF copy is built for it
+    gen_model = load() if info.enabled and not vllm else model  # FSDP shards the policy: HF generates on a copy
+    synced = vllm or gen_model is not model  # the engine holds its own weights: sync them after each update
     lp_temp = sampling_params(r_cfg).logprob_temperature
     ref = None
     if g_cfg.kl_coef > 0:
@@ -153,8 +158,10 @@ def train(
     if not samples:
         raise ValueError(f"no training samples in {cfg.data.train_files}")
     by_id = {s.id: s for s in samples}
-    tools = build_tools(cfg.search)
-    engine = gen_engine = HFEngine(gen_model, renderer)
+    engine = gen_engine = build_engine(
+        r_cfg, renderer, model=gen_model, model_path=cfg.model.path, dtype=cfg.model.dtype, seed=t_cfg.seed
+    )
+    tools = build_tools(cfg.search)  # after the engine: vLLM failed to start with numba (bm25s) imported first
     if engine_hook is not None:
         engine = engine_hook(engine, renderer)
 
@@ -176,7 +183,7 @@ def train(
             raise FileNotFoundError(f"--resume: no checkpoint under {run / 'checkpoints'}")
         state = ckpt.load_checkpoint(last, policy=policy, optimizer=optimizer, scheduler=scheduler, info=info)
         start, data_pos = state["step"], state["data_position"]
-        if gen_model is not model:
+        if synced:
             gen_engine.load_weights(D.iter_full_params(policy, info))
     logger = None
     if info.is_main:
@@ -234,6 +241,8 @@ def train(
             if D.all_reduce_sums([float(missing)], info)[0] == 0:
                 break
         kept, kept_rewards = kept[: share * n], kept_rewards[: share * n]
+        if vllm:
+            gen_engine.sleep()  # CUDA: its KV cache is released during the update
         metrics["perf/time_rollout_s"] = time.perf_counter() - t0
         # ================================================================ advantages
         adv = group_advantages(
@@ -319,7 +328,9 @@ def train(
                 optimizer.step()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        if gen_model is not model:  # the rollout copy gets the new weights, one tensor at a time
+        if synced:  # the rollout engine gets the new weights, one tensor at a time
+            if vllm:
+                gen_engine.wake_up()
             gen_engine.load_weights(D.iter_full_params(policy, info))
         metrics["perf/time_update_s"] = time.perf_counter() - t0
         # ================================================================ log
@@ -363,7 +374,7 @@ def train(
                 run,
                 done,
                 policy=policy,
-                hf_model=gen_model,
+                hf_model=None if vllm and info.enabled else gen_model,  # None: gathered from the policy
                 renderer=renderer,
                 optimizer=optimizer,
                 scheduler=scheduler,
@@ -377,8 +388,11 @@ def train(
     # ==================================================================== export
     final = None
     if t_cfg.total_steps > start or resume:
-        if info.is_main:  # gen_model holds the current weights (synced after every update)
-            final = ckpt.save_hf(gen_model, renderer, run / "final")
+        state = ckpt.full_model_state(policy, info) if vllm and info.enabled else None  # collective
+        if info.is_main:  # gen_model holds the current weights (synced after every update), or `state` does
+            final = ckpt.save_hf(gen_model, renderer, run / "final", state_dict=state)
+    if vllm:
+        gen_engine.close()
     D.barrier(info)
     if logger:
         logger.close()

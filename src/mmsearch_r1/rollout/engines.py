@@ -1,11 +1,11 @@
 """Choosing the generation engine: `rollout.engine` is `hf` (transformers `generate`) or `vllm` (rollout.vllm_engine).
 
-`check_engine(cfg, sampling=...)` runs right after a command loads its config, before any model loads: choosing
+`check_engine(cfg.rollout, sampling=...)` runs right after a command loads its config, before any model loads: choosing
 `vllm` where vLLM is not installed, or with a setting it cannot serve exactly, is one `EngineUnavailable` line
 saying what to do. Never a silent fallback to the other engine. It finds vLLM without importing it (an import
 costs seconds and must happen before some of our search dependencies load; see `build_engine`).
 
-`build_engine(cfg, renderer, model=..., model_path=..., dtype=...)` makes the engine: `HFEngine(model)` on the
+`build_engine(cfg.rollout, renderer, model=..., model_path=..., dtype=...)` makes the engine: `HFEngine(model)` on the
 given loaded model, or `VLLMEngine(model_path)` which loads its own copy of the weights (in this process; the
 trainer syncs it after every update). Build the vLLM engine before the search tools: vLLM failed to start
 when numba (imported by bm25s) had been imported first.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from mmsearch_r1.config import Config
+from mmsearch_r1.config import RolloutConfig
 
 ENGINES = ("hf", "vllm")
 INSTALL_HINT = (
@@ -33,12 +33,11 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def check_engine(cfg: Config, *, sampling: bool = True) -> None:
-    """Raise `EngineUnavailable` if `cfg.rollout.engine` cannot serve this command (module docstring).
+def check_engine(r: RolloutConfig, *, sampling: bool = True) -> None:
+    """Raise `EngineUnavailable` if `r.engine` (a config's `rollout` section) cannot serve this command.
 
     `sampling`: the command samples at `rollout.temperature` (train, demo); False for greedy-only commands.
     """
-    r = cfg.rollout
     if r.engine not in ENGINES:
         raise EngineUnavailable(f"rollout.engine must be one of {', '.join(ENGINES)}, got {r.engine!r}")
     if r.engine != "vllm":
@@ -58,7 +57,7 @@ def check_engine(cfg: Config, *, sampling: bool = True) -> None:
 
 
 def build_engine(
-    cfg: Config,
+    r: RolloutConfig,
     renderer: Any,
     *,
     model: Any = None,
@@ -66,15 +65,14 @@ def build_engine(
     dtype: str = "float32",
     seed: int = 0,
 ) -> Any:
-    """The engine `cfg.rollout.engine` names (module docstring). `model` is needed for hf, `model_path` for vllm."""
-    r = cfg.rollout
+    """The engine `r.engine` names (module docstring). `model` is needed for hf, `model_path` for vllm."""
     if r.engine == "hf":
         from mmsearch_r1.rollout.hf_engine import HFEngine
 
         if model is None:
             raise ValueError("build_engine: the hf engine needs a loaded model")
         return HFEngine(model, renderer)
-    check_engine(cfg, sampling=False)
+    check_engine(r, sampling=False)
     from mmsearch_r1.rollout.vllm_engine import VLLMEngine
 
     return VLLMEngine(

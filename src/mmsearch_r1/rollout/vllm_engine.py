@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import queue
+import sys
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
@@ -107,6 +108,12 @@ class VLLMEngine:
             "0"  # in process: load_weights hands tensors by reference
         )
         import torch
+
+        if not torch.cuda.is_available() and "llvmlite" in sys.modules:
+            raise RuntimeError(
+                "the vLLM CPU engine must start before numba/llvmlite is imported (bm25s imports it): vLLM's "
+                "CPU start-up scans every loaded module and fails on llvmlite's; build the engine first"
+            )
         import torch.distributed as dist
         from vllm import LLM
 
@@ -132,6 +139,10 @@ class VLLMEngine:
             enable_sleep_mode=self.sleeps,
             gpu_memory_utilization=float(gpu_memory_utilization),  # on CPU: the share of host memory
         )
+        if not self.cuda:
+            # vLLM's CPU runner fails ("CPU Generator does not use offset") when a seeded request's prefill is
+            # split over steps and its draw is rewound; whole prefills avoid the rewind
+            kwargs["enable_chunked_prefill"] = False
         if kv_cache_bytes:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_bytes)
         config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
