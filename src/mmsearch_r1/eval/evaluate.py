@@ -9,7 +9,7 @@ of the final answer, and, with a judge, the judge's verdict -> `OUT/samples.json
 appended chunk by chunk, so a crash keeps what was done) -> `OUT/summary.json` and `OUT/summary.md`
 (`eval/summary.py`). These files do not depend on any metric logger being on.
 
-`evaluate_model(model_dir, data_files, ..., engine="hf"|"vllm")` loads the processor, data, generation engine
+`evaluate_model(model_dir, data_files, ..., engine="hf"|"vllm"|None = rollout.engine)` loads the processor, data, generation engine
 (`rollout.engines.build_engine`) and search tools first (the CLI and anyone with a checkpoint directory use it).
 Samples whose gold answers are empty are rejected up front with their id.
 
@@ -168,7 +168,7 @@ def evaluate_model(
     skip_bad_rows: bool = False,
     chunk_size: int = 64,
     progress: Progress | None = None,
-    engine: str = "hf",
+    engine: str | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint directory and parquet files, then `evaluate` (data parallel under torchrun; module
     docstring). `limit` keeps the first N of each file; `device` is the HF engine's (vLLM picks its own)."""
@@ -189,11 +189,13 @@ def evaluate_model(
         samples += res.samples[:limit] if limit is not None else res.samples
     if not samples:
         raise ValueError(f"no samples in {', '.join(map(str, data_files))}")
-    rollout = dataclasses.replace(rollout or RolloutConfig(), engine=engine)
+    rollout = rollout or RolloutConfig()
+    if engine is not None:  # else rollout.engine
+        rollout = dataclasses.replace(rollout, engine=engine)
     check_engine(rollout, sampling=False)
     dist = D.init_distributed()
     renderer = load_processor(model_dir)
-    model = load_model(model_dir, dtype=dtype, device=device) if engine == "hf" else None
+    model = load_model(model_dir, dtype=dtype, device=device) if rollout.engine == "hf" else None
     gen = build_engine(rollout, renderer, model=model, model_path=str(model_dir), dtype=dtype)
     tools: dict[str, Any] = {}
     if policy != "direct":  # after the engine: vLLM failed to start with numba (bm25s) imported first
