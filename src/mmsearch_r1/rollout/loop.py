@@ -111,7 +111,7 @@ class AgentLoop:
         runs = [self._start(s, g) for s in samples for g in range(n)]
         active = [r for r in runs if r.traj.finish_reason is None]
         with ThreadPoolExecutor(max_workers=max(1, self.cfg.tool_workers), thread_name_prefix="tool") as pool:
-            if self.cfg.schedule == "async" and hasattr(self.engine, "submit"):
+            if self.cfg.schedule == "async" and callable(getattr(self.engine, "submit", None)):
                 self._run_streaming(active, pool)
             elif self.cfg.schedule == "async":
                 self._run_async(active, pool)
