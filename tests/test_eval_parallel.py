@@ -66,6 +66,6 @@ def test_eval_engine_vllm_without_vllm_is_one_line(tmp_path):
     data = tmp_path / "d.parquet"
     data.write_bytes(b"not read: the engine check comes first")
     proc = _eval(["--model", str(tmp_path / "no_model"), "--data", str(data), "--engine", "vllm"], 1)
-    assert proc.returncode != 0
+    assert proc.returncode == 1
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "vLLM is not installed" in lines[0], proc.stderr

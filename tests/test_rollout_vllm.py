@@ -286,3 +286,17 @@ def test_sleep_and_wake_keep_the_engine_usable(stack):
     assert [o.token_ids for o in vllm.generate(reqs, SamplingParams(greedy=True))] == [
         o.token_ids for o in before
     ]
+
+
+def test_check_engine_names_the_setting():
+    from mmsearch_r1.rollout.engines import EngineUnavailable, check_engine
+
+    check_engine(RolloutConfig(engine="vllm", temperature=1.0))
+    check_engine(RolloutConfig(engine="vllm", temperature=0.7), sampling=False)  # greedy-only commands
+    check_engine(RolloutConfig(engine="hf", temperature=0.7))
+    with pytest.raises(EngineUnavailable, match=r"rollout.temperature=1 \(got 0.7\)"):
+        check_engine(RolloutConfig(engine="vllm", temperature=0.7))
+    with pytest.raises(EngineUnavailable, match="vllm_gpu_memory_utilization"):
+        check_engine(RolloutConfig(engine="vllm", vllm_gpu_memory_utilization=0.0))
+    with pytest.raises(EngineUnavailable, match="one of hf, vllm"):
+        check_engine(RolloutConfig(engine="sglang"))

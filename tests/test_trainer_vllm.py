@@ -5,7 +5,7 @@ writes 2-40% of the time after the forced `<reason>x</reason><answer>`. Checked:
 tensors vLLM holds equal the ones the policy sent (every tensor vLLM keeps readable; the CPU backend repacks
 linear weights into kernel handles, so for those the check is the next one), the trainer's recomputed log-probs
 equal vLLM's recorded ones at every step (so vLLM generated with the policy's current weights), and the mean
-reward rises clearly. Also: `rollout.engine=vllm` without vLLM is one line and exit code 2 before any model loads.
+reward rises clearly. Also: `rollout.engine=vllm` without vLLM is one line and exit code 1 before any model loads.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def test_vllm_not_installed_is_one_line_before_any_model_loads(tmp_path):
     cmd = [sys.executable, "-m", "mmsearch_r1.cli", "train", "--no-progress", "rollout.engine=vllm",
            f"model.path={tmp_path / 'no_model_here'}", "data.train_files=[x.parquet]"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
+    assert proc.returncode == 1
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "vLLM is not installed" in lines[0] and ".[all,vllm]" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr and "no_model_here" not in proc.stderr
