@@ -104,9 +104,8 @@ class VLLMEngine:
         enforce_eager: bool = False,
         kv_cache_bytes: int | None = None,
     ) -> None:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = (
-            "0"  # in process: load_weights hands tensors by reference
-        )
+        # in this process (no engine-core child), so load_weights hands tensors over by reference
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         import torch
 
         if not torch.cuda.is_available() and "llvmlite" in sys.modules:
@@ -151,11 +150,8 @@ class VLLMEngine:
             kwargs["limit_mm_per_prompt"] = {"image": int(max_images), "video": 0}
         self.llm = LLM(**kwargs)
         self.engine = self.llm.llm_engine
-        self._bad_words = (
-            [t for t in VISION_TOKENS if t in renderer.tokenizer.get_vocab()]
-            if hasattr(renderer, "tokenizer")
-            else []
-        )
+        vocab = renderer.tokenizer.get_vocab()
+        self._bad_words = [t for t in VISION_TOKENS if t in vocab]  # never sampled, as in the HF engine
         self._ids = itertools.count()
         self._futures: dict[str, tuple[Future, GenerationRequest]] = {}
         self._inbox: queue.Queue = queue.Queue()
