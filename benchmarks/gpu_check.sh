@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp -d)
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-timeout 300 python benchmarks/gpu_check.py engine "$out/engine.json"
-timeout 300 python benchmarks/gpu_check.py train "$out/train.json"
+timeout 240 python benchmarks/gpu_check.py engine "$out/engine.json"
+timeout 240 python benchmarks/gpu_check.py train "$out/train.json"
 python - "$out" <<'PY'
 import json, sys, torch
 d = sys.argv[1]
