@@ -93,6 +93,7 @@ class RolloutConfig:
     schedule: str = "async"  # async (tools overlap generation) | round_sync (all generate, then all tools)
     min_turn_tokens: int = 8  # a tool turn is appended only if this many response tokens remain after it
     coalesce_s: float = 0.01  # async: tool results arriving within this gap of each other join one batch
+    vllm_gpu_memory_utilization: float = 0.5  # engine=vllm: share of GPU memory it takes (CPU: of host memory)
 
 
 @dataclass

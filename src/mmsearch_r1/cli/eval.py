@@ -5,6 +5,10 @@ Greedy decoding, one response per question, any number of parquet files (release
 `--config` takes a full training config (its protocol, rollout, reward and search sections are used);
 `--search` (a full config or a bare search section) overrides its search section. `--judge` is a YAML file with
 the judge's `model`, `base_url`, `api_key_env`, `cache_path`, ... (`eval.judge.JudgeConfig`).
+`--engine hf|vllm` picks the generation engine (default: the config's `rollout.engine`, else hf).
+
+Data parallel: `torchrun --nproc_per_node N -m mmsearch_r1.cli eval ...` gives each rank a shard and writes one
+merged `samples.jsonl` and summary (eval/evaluate.py).
 """
 
 from __future__ import annotations
@@ -34,13 +38,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="per-turn token limit (default: config)")
     p.add_argument("--chunk-size", type=int, default=64, help="samples per rollout batch (default 64)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="device of the hf engine (vLLM picks its own)")
+    p.add_argument(
+        "--engine", choices=["hf", "vllm"], default=None, help="default: rollout.engine of --config"
+    )
     p.add_argument("--skip-bad-rows", action="store_true", help="skip unreadable rows instead of failing")
     p.set_defaults(func=_eval)
 
 
 def _eval(args: argparse.Namespace) -> int:
     import dataclasses
+    import os
 
     from mmsearch_r1.cli.progress import progress_bar as tqdm  # plain lines when stderr is not a terminal
     from mmsearch_r1.config import Config
@@ -60,7 +68,10 @@ def _eval(args: argparse.Namespace) -> int:
         from mmsearch_r1.cli.infer import load_search_config
 
         search = load_search_config(args.search)
-    rollout = cfg.rollout
+    rollout = cfg.rollout if args.engine is None else dataclasses.replace(cfg.rollout, engine=args.engine)
+    from mmsearch_r1.rollout.engines import check_engine
+
+    check_engine(rollout, sampling=False)  # before any model loads
     if args.max_new_tokens is not None:
         if args.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
@@ -72,7 +83,10 @@ def _eval(args: argparse.Namespace) -> int:
         judge = LLMJudge(load_judge_config(args.judge))
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{Path(args.model).name}-{args.policy}"
 
-    bar = tqdm(total=None, unit="q", desc=f"eval ({args.policy})", file=sys.stderr, disable=None)
+    main = int(os.environ.get("RANK", "0")) == 0
+    bar = tqdm(
+        total=None, unit="q", desc=f"eval ({args.policy})", file=sys.stderr, disable=None if main else True
+    )
 
     def progress(done: int, total: int) -> None:
         bar.total = total
@@ -95,9 +109,12 @@ def _eval(args: argparse.Namespace) -> int:
             skip_bad_rows=args.skip_bad_rows,
             chunk_size=args.chunk_size,
             progress=progress,
+            engine=rollout.engine,
         )
     finally:
         bar.close()
+    if not main:
+        return 0
     print((out / "summary.md").read_text(encoding="utf-8"))
     print(
         f"wrote {out / 'samples.jsonl'} ({summary['n_samples']} samples), {out / 'summary.json'}, {out / 'summary.md'}"

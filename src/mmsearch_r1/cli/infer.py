@@ -37,7 +37,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="device of the hf engine (vLLM picks its own)")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="generation engine (default hf)")
     p.add_argument("--prompt-set", default="default", help="prompt set name or directory")
     p.set_defaults(func=_infer)
 
@@ -95,33 +96,40 @@ def _infer(args: argparse.Namespace) -> int:
     from mmsearch_r1.config import ProtocolConfig, RolloutConfig, SearchConfig
     from mmsearch_r1.model import load_model, load_processor
     from mmsearch_r1.rollout.engine import SamplingParams
-    from mmsearch_r1.rollout.hf_engine import HFEngine
+    from mmsearch_r1.rollout.engines import build_engine, check_engine
     from mmsearch_r1.rollout.loop import run_rollouts
     from mmsearch_r1.types import Answers, Sample
 
+    check_engine(
+        RolloutConfig(engine=args.engine, temperature=args.temperature), sampling=args.temperature != 0
+    )
     image = load_image(args.image)
     protocol = ProtocolConfig() if args.max_turns is None else ProtocolConfig(max_turns=args.max_turns)
-    tools: dict[str, Any] = {}
-    if not args.no_search:
-        from mmsearch_r1.tools import build_tools
-
-        tools = build_tools(load_search_config(args.search) if args.search else SearchConfig())
     torch.manual_seed(args.seed)
     renderer = load_processor(args.model)
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
     rollout = RolloutConfig(
+        engine=args.engine,
         max_new_tokens_per_turn=args.max_new_tokens,
         max_response_tokens=max(8192, args.max_new_tokens * protocol.max_turns * 2),
         prompt_set=args.prompt_set,
         n=1,
     )
+    model = load_model(args.model, dtype=args.dtype, device=args.device) if args.engine == "hf" else None
+    engine = build_engine(
+        rollout, renderer, model=model, model_path=args.model, dtype=args.dtype, seed=args.seed
+    )
+    tools: dict[str, Any] = {}
+    if not args.no_search:  # after the engine: vLLM failed to start with numba (bm25s) imported first
+        from mmsearch_r1.tools import build_tools
+
+        tools = build_tools(load_search_config(args.search) if args.search else SearchConfig())
     params = SamplingParams(
         temperature=args.temperature, top_p=args.top_p, greedy=args.temperature == 0, seed=args.seed
     )
     sample = Sample("infer", args.question, [image], Answers(""), data_source="cli")
     (traj,) = run_rollouts(
         [sample],
-        engine=HFEngine(model, renderer),
+        engine=engine,
         renderer=renderer,
         tools=tools,
         protocol=protocol,

@@ -9,9 +9,15 @@ of the final answer, and, with a judge, the judge's verdict -> `OUT/samples.json
 appended chunk by chunk, so a crash keeps what was done) -> `OUT/summary.json` and `OUT/summary.md`
 (`eval/summary.py`). These files do not depend on any metric logger being on.
 
-`evaluate_model(model_dir, data_files, ...)` loads the model, processor, data and search tools first (the CLI
-and anyone with a checkpoint directory use it). Samples whose gold answers are empty are rejected up front
-with their id.
+`evaluate_model(model_dir, data_files, ..., engine="hf"|"vllm"|None = rollout.engine)` loads the processor, data, generation engine
+(`rollout.engines.build_engine`) and search tools first (the CLI and anyone with a checkpoint directory use it).
+Samples whose gold answers are empty are rejected up front with their id.
+
+Data parallel (`torchrun --nproc_per_node N -m mmsearch_r1.cli eval ...`): rank r evaluates samples r, r + N,
+r + 2N, ... into `OUT/shards/rank{r}/`; the records are gathered to rank 0, which writes one `OUT/samples.jsonl`
+in the original sample order and the summary over all of them (`n_samples` the total, `wall_s` the slowest
+rank's, judge counters summed), then removes the shards. With greedy decoding each sample's result does not
+depend on which rank ran it, so the files equal a single-process run's (wall time aside); tested with 2 ranks.
 """
 
 from __future__ import annotations
@@ -162,11 +168,14 @@ def evaluate_model(
     skip_bad_rows: bool = False,
     chunk_size: int = 64,
     progress: Progress | None = None,
+    engine: str | None = None,
 ) -> dict[str, Any]:
-    """Load a checkpoint directory and parquet files, then `evaluate`. `limit` keeps the first N of each file."""
+    """Load a checkpoint directory and parquet files, then `evaluate` (data parallel under torchrun; module
+    docstring). `limit` keeps the first N of each file; `device` is the HF engine's (vLLM picks its own)."""
     from mmsearch_r1.data.reader import read_samples
     from mmsearch_r1.model import load_model, load_processor
-    from mmsearch_r1.rollout.hf_engine import HFEngine
+    from mmsearch_r1.rl import distributed as D
+    from mmsearch_r1.rollout.engines import build_engine, check_engine
 
     if not data_files:
         raise ValueError("no data files given")
@@ -180,20 +189,28 @@ def evaluate_model(
         samples += res.samples[:limit] if limit is not None else res.samples
     if not samples:
         raise ValueError(f"no samples in {', '.join(map(str, data_files))}")
+    rollout = rollout or RolloutConfig()
+    if engine is not None:  # else rollout.engine
+        rollout = dataclasses.replace(rollout, engine=engine)
+    check_engine(rollout, sampling=False)
+    dist = D.init_distributed()
+    renderer = load_processor(model_dir)
+    model = load_model(model_dir, dtype=dtype, device=device) if rollout.engine == "hf" else None
+    gen = build_engine(rollout, renderer, model=model, model_path=str(model_dir), dtype=dtype)
     tools: dict[str, Any] = {}
-    if policy != "direct":
+    if policy != "direct":  # after the engine: vLLM failed to start with numba (bm25s) imported first
         from mmsearch_r1.tools import build_tools
 
         tools = dict(build_tools(search or SearchConfig()))
-    renderer = load_processor(model_dir)
-    model = load_model(model_dir, dtype=dtype, device=device)
     info = {"model": str(model_dir), "data_files": [str(f) for f in data_files], "skipped_rows": skipped}
-    return evaluate(
-        samples,
-        engine=HFEngine(model, renderer),
+    out = Path(out_dir)
+    shard_dir = out / "shards" / f"rank{dist.rank}" if dist.enabled else out
+    summary = evaluate(
+        samples[dist.rank :: dist.world_size],
+        engine=gen,
         renderer=renderer,
         tools=tools,
-        out_dir=out_dir,
+        out_dir=shard_dir,
         policy=policy,
         protocol=protocol,
         rollout=rollout,
@@ -203,3 +220,46 @@ def evaluate_model(
         progress=progress,
         info=info,
     )
+    if hasattr(gen, "close"):
+        gen.close()
+    if not dist.enabled:
+        return summary
+    return merge_shards(out, shard_dir, summary, dist)
+
+
+def merge_shards(out: Path, shard_dir: Path, summary: dict[str, Any], dist: Any) -> dict[str, Any]:
+    """Gather every rank's records to rank 0 and write the merged files there (module docstring)."""
+    import shutil
+
+    from mmsearch_r1.rl import distributed as D
+
+    with (shard_dir / "samples.jsonl").open(encoding="utf-8") as fh:
+        mine = [json.loads(line) for line in fh if line.strip()]
+    parts = D.all_gather_objects(mine, dist)
+    summaries = D.all_gather_objects(summary, dist)
+    if dist.is_main:
+        records = [parts[i % dist.world_size][i // dist.world_size] for i in range(sum(map(len, parts)))]
+        skip = {"overall", "by_source", "by_category", "by_source_category"}
+        extra = {k: v for k, v in summary.items() if k not in skip}
+        extra.update(n_samples=len(records), wall_s=max(s["wall_s"] for s in summaries))
+        if "judge" in extra:
+            counters: dict[str, Any] = {}
+            for s in summaries:
+                for k, v in s["judge"]["counters"].items():
+                    counters[k] = counters.get(k, 0) + v if isinstance(v, (int, float)) else v
+            extra["judge"] = {**extra["judge"], "counters": counters}
+        merged = summarize(records, **extra)
+        tmp = out / "samples.jsonl.tmp"
+        with tmp.open("w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        tmp.replace(out / "samples.jsonl")
+        (out / "summary.json").write_text(
+            json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        (out / "summary.md").write_text(summary_markdown(merged), encoding="utf-8")
+        summary = merged
+    D.barrier(dist)
+    if dist.is_main:
+        shutil.rmtree(out / "shards", ignore_errors=True)
+    return D.all_gather_objects(summary, dist)[0]

@@ -72,6 +72,8 @@ class ChatRenderer:
     # -- images ----------------------------------------------------------------------------------------------
     def encode_images(self, images: Sequence[Part]) -> tuple[Any, Any]:
         """(pixel_values [n_patches, D], image_grid_thw [n_images, 3]) from the image processor."""
+        if self.image_processor is None:
+            raise ValueError("this is a text-only model (no image processor): it cannot take images")
         enc = self.image_processor(images=[as_pil(im) for im in images], return_tensors="pt")
         return enc["pixel_values"], enc["image_grid_thw"]
 

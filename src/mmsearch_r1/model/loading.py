@@ -14,7 +14,7 @@ from mmsearch_r1.model.chat import ChatRenderer
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
+SUPPORTED_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl", "qwen2")  # qwen2: text-only (vLLM tests on CPU)
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -45,12 +45,23 @@ def load_processor(
         raise FileNotFoundError(f"{p} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
     tokenizer = AutoTokenizer.from_pretrained(str(p))
     if not (p / "preprocessor_config.json").is_file():
+        if _model_type(p) == "qwen2":  # a text-only model: prompts without images
+            return ChatRenderer(tokenizer, None)
         raise FileNotFoundError(f"{p} has no preprocessor_config.json (image processor)")
     if min_pixels is not None and max_pixels is not None and not 0 < min_pixels <= max_pixels:
         raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
     budget = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
     image_processor = AutoImageProcessor.from_pretrained(str(p), backend="pil", **budget)
     return ChatRenderer(tokenizer, image_processor)
+
+
+def _model_type(p: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((p / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        return None
 
 
 def model_class(model_type: str) -> Any:
@@ -62,6 +73,10 @@ def model_class(model_type: str) -> Any:
         from transformers import Qwen2VLForConditionalGeneration
 
         return Qwen2VLForConditionalGeneration
+    if model_type == "qwen2":
+        from transformers import Qwen2ForCausalLM
+
+        return Qwen2ForCausalLM
     raise ValueError(f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
 
 

@@ -25,6 +25,10 @@ def _rope_owner(model: Any) -> Any:
     raise TypeError(f"{type(model).__name__} has no get_rope_index (not a Qwen-VL model?)")
 
 
+def _has_rope_index(model: Any) -> bool:
+    return any(hasattr(o, "get_rope_index") for o in (model, getattr(model, "model", None)) if o is not None)
+
+
 def image_token_id(model: Any) -> int:
     cfg = model.config
     tid = getattr(cfg, "image_token_id", None)
@@ -44,6 +48,10 @@ def compute_position_ids(
     """
     import torch
 
+    if not _has_rope_index(model):  # a text-only model (Qwen2): plain (B, T) positions
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
     owner = _rope_owner(model)
     mm = (input_ids == image_token_id(model)).to(torch.int32)
     if image_grid_thw is None or mm.sum() == 0:

@@ -134,14 +134,8 @@ class PolicyForward(torch.nn.Module):
         if pixels is not None:
             pixels = pixels.to(next(m.visual.parameters()).dtype) if hasattr(m, "visual") else pixels
         pos = compute_position_ids(m, ids, grid, attn)
-        out = m.model(
-            input_ids=ids,
-            attention_mask=attn,
-            position_ids=pos,
-            pixel_values=pixels,
-            image_grid_thw=grid,
-            use_cache=False,
-        )
+        images = {} if pixels is None else {"pixel_values": pixels, "image_grid_thw": grid}
+        out = m.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, **images)
         hidden = out.last_hidden_state
         idx = batch["resp_index"]
         h = hidden.gather(1, idx[..., None].expand(-1, -1, hidden.shape[-1]))

@@ -68,7 +68,8 @@ def save_hf(model: Any, renderer: Any, out: Path, state_dict: dict[str, Any] | N
     if state_dict:  # config.json names the dtype of the weights written (the master's, not the model's)
         _set_config_dtype(tmp / "config.json", next(iter(state_dict.values())).dtype)
     renderer.tokenizer.save_pretrained(str(tmp))
-    renderer.image_processor.save_pretrained(str(tmp))
+    if renderer.image_processor is not None:  # None: a text-only model
+        renderer.image_processor.save_pretrained(str(tmp))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -109,7 +110,7 @@ def save_checkpoint(
     step: int,
     *,
     policy: torch.nn.Module,
-    hf_model: Any,
+    hf_model: Any | None,
     renderer: Any,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,

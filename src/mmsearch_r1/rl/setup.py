@@ -64,7 +64,10 @@ def build_setup(
     total_steps: int,
     logprob_temperature: float = 1.0,
     with_ref: bool = False,
+    gen_copy: bool = True,
 ) -> TrainSetup:
+    """`gen_copy=False`: the generation engine holds its own weights (vLLM), so no HF copy is built under FSDP;
+    `gen_model` is then the (sharded) compute model, used only to name the architecture when saving."""
     from mmsearch_r1.model import load_model, load_processor
     from mmsearch_r1.rl.schedules import build_scheduler
 
@@ -83,7 +86,7 @@ def build_setup(
         policy: torch.nn.Module = D.shard_policy(
             PolicyForward(model, chunk, logprob_temperature), info, DTYPES[cd]
         )
-        gen_model = load(cd)
+        gen_model = load(cd) if gen_copy else model
     elif is_mixed(pd, cd):
         policy = MasterWeightPolicy(load(pd), model, chunk, logprob_temperature)
         gen_model = model

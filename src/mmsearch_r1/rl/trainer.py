@@ -3,8 +3,11 @@
 One training step (`trainer.prompts_per_step` prompts, `rollout.n` rollouts each; every rank takes its
 contiguous share of the step's prompts):
 
-1. Rollout: the agent loop (`rollout.AgentLoop`) with the HF engine on an unsharded copy of the policy in
-   `model.compute_dtype` (the compute model itself when there is one process; rl/setup.py). Sampling is seeded per (trainer.seed, step, round) and, inside the
+1. Rollout: the agent loop (`rollout.AgentLoop`) with the engine `rollout.engine` names: HF `generate` on an
+   unsharded copy of the policy in `model.compute_dtype` (the compute model itself when there is one process;
+   rl/setup.py), or vLLM colocated in this process (its own weights, synced one tensor at a time after every
+   update; on CUDA it sleeps, KV cache released, from the end of the rollout until the sync; no HF copy is
+   built). Sampling is seeded per (trainer.seed, step, round) and, inside the
    engine, per trajectory and turn, so a step's rollouts depend only on the weights, the data position and the
    seed: this is what makes `--resume` exact.
 2. Reward: `reward.compute_reward` on the assistant turns, with the training step for the search-penalty warm-up.
@@ -155,11 +158,12 @@ def train(
     engine (tests force protocol tags around sampled tokens with `rollout.ForcedActionEngine`)."""
     from mmsearch_r1.data.reader import read_many
     from mmsearch_r1.rl import setup as S
-    from mmsearch_r1.rollout.hf_engine import HFEngine
+    from mmsearch_r1.rollout.engines import build_engine, check_engine
     from mmsearch_r1.rollout.loop import AgentLoop, sampling_params
     from mmsearch_r1.rollout.prompt_filter import filter_prompts, write_report
     from mmsearch_r1.tools import build_tools
 
+    check_engine(cfg.rollout)  # before any model loads: vllm chosen but not installed is one line
     info = D.init_distributed()
     check_train_config(cfg, info.world_size)
     t_cfg, g_cfg, r_cfg = cfg.trainer, cfg.grpo, cfg.rollout
@@ -176,8 +180,11 @@ def train(
 
         m = cfg.model
         renderer = load_processor(m.path, cfg.data.min_pixels, cfg.data.max_pixels)
-        model = load_model(m.path, m.compute_dtype, str(info.device), m.attn_implementation)
+        model = None  # vLLM loads its own weights
+        if r_cfg.engine == "hf":
+            model = load_model(m.path, m.compute_dtype, str(info.device), m.attn_implementation)
         return run_val_only(cfg, model, renderer, info, run, validate, engine_hook)
+    vllm = r_cfg.engine == "vllm"
     setup = S.build_setup(
         cfg,
         info,
@@ -185,19 +192,31 @@ def train(
         total_steps=t_cfg.total_steps,
         logprob_temperature=sampling_params(r_cfg).logprob_temperature,
         with_ref=g_cfg.kl_coef > 0,
+        gen_copy=not vllm,  # vLLM loads its own generation weights: no HF copy is built for it
     )
     renderer, model, policy, ref = setup.renderer, setup.model, setup.policy, setup.ref
     params, optimizer, scheduler, gen_model = setup.params, setup.optimizer, setup.scheduler, setup.gen_model
+    synced = vllm or setup.separate_gen_copy  # the engine holds its own weights: sync after each update
     samples = read_many(cfg.data.train_files, skip_bad_rows=cfg.data.skip_bad_rows).samples
     val_samples = read_many(cfg.data.val_files).samples if cfg.data.val_files else []
     samples, data_report = filter_prompts(samples, renderer, cfg.protocol, r_cfg)  # too long: reported
     if info.is_main:
         write_report(data_report, run / "data_report.json")
     if not samples:
-        raise ValueError(f"no usable training samples in {cfg.data.train_files} (see {run / 'data_report.json'})")
+        raise ValueError(
+            f"no usable training samples in {cfg.data.train_files} (see {run / 'data_report.json'})"
+        )
     by_id = {s.id: s for s in samples}
+    engine = gen_engine = build_engine(
+        r_cfg,
+        renderer,
+        model=gen_model,
+        model_path=cfg.model.path,
+        dtype=cfg.model.compute_dtype,
+        seed=t_cfg.seed,
+    )
+    # tools after the engine: vLLM failed to start with numba (imported by bm25s) already loaded
     tools = build_tools(cfg.search)
-    engine = gen_engine = HFEngine(gen_model, renderer)
     if engine_hook is not None:
         engine = engine_hook(engine, renderer)
 
@@ -211,7 +230,7 @@ def train(
     if resume:
         state = S.resume(setup, run)
         start, data_pos = state["step"], state["data_position"]
-        if setup.separate_gen_copy:
+        if synced:
             gen_engine.load_weights(D.iter_full_params(policy, info))
     logger = S.open_logger(cfg, run, info, resume, start)
     model.eval()
@@ -258,6 +277,8 @@ def train(
             if D.all_reduce_sums([float(missing)], info)[0] == 0:
                 break
         kept, kept_rewards = kept[: share * n], kept_rewards[: share * n]
+        if vllm:
+            gen_engine.sleep()  # CUDA: its KV cache is released during the update
         metrics["perf/time_rollout_s"] = time.perf_counter() - t0
         # ================================================================ advantages
         adv = group_advantages(
@@ -344,7 +365,9 @@ def train(
                 optimizer.step()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        if setup.separate_gen_copy:  # the rollout copy gets the new weights, one tensor at a time
+        if synced:  # the rollout engine gets the new weights, one tensor at a time
+            if vllm:
+                gen_engine.wake_up()
             gen_engine.load_weights(D.iter_full_params(policy, info))
         metrics["perf/time_update_s"] = time.perf_counter() - t0
         # ================================================================ log
@@ -403,8 +426,15 @@ def train(
     # ==================================================================== export
     final = None
     if t_cfg.total_steps > start or resume:
-        if info.is_main:  # gen_model holds the current weights (synced after every update)
-            final = ckpt.save_hf(gen_model, renderer, run / "final")
+        state = None
+        if vllm and info.enabled:  # gen_model is the sharded compute model: gather the master, export it
+            master = ckpt.master_weights_on_main(policy, info)  # collective, one tensor at a time
+            dt = getattr(torch, cfg.model.compute_dtype)
+            state = {k: v.to(dt) for k, v in master.items()} if master is not None else None
+        if info.is_main:  # gen_model holds the current weights (synced after every update), or `state` does
+            final = ckpt.save_hf(gen_model, renderer, run / "final", state_dict=state)
+    if vllm:
+        gen_engine.close()
     D.barrier(info)
     if logger:
         logger.close()

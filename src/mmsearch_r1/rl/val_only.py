@@ -52,15 +52,19 @@ def run_val_only(
     from mmsearch_r1.data.reader import read_many
     from mmsearch_r1.rl.metrics import MetricLogger
     from mmsearch_r1.rl.trainer import TrainResult
-    from mmsearch_r1.rollout.hf_engine import HFEngine
+    from mmsearch_r1.rollout.engines import build_engine
     from mmsearch_r1.rollout.loop import AgentLoop
     from mmsearch_r1.tools import build_tools
 
     val_samples = read_many(cfg.data.val_files).samples
     if not val_samples:
         raise ValueError(f"trainer.val_only: no samples in data.val_files={cfg.data.val_files}")
-    model.eval()
-    engine = HFEngine(model, renderer)
+    if model is not None:
+        model.eval()
+    m = cfg.model
+    engine = build_engine(
+        cfg.rollout, renderer, model=model, model_path=m.path, dtype=m.compute_dtype, seed=cfg.trainer.seed
+    )
     if engine_hook is not None:
         engine = engine_hook(engine, renderer)
     tools = build_tools(cfg.search)
@@ -76,7 +80,12 @@ def run_val_only(
         )
 
     save_dir = save_dir_for(cfg, run)
-    metrics = validate(cfg, loop_factory, val_samples, info, run, 0, save_dir=save_dir)
+    try:
+        metrics = validate(cfg, loop_factory, val_samples, info, run, 0, save_dir=save_dir)
+    finally:
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
     if info.is_main:
         logger = MetricLogger(
             run,

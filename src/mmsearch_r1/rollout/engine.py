@@ -23,6 +23,7 @@ tag around tokens the real model samples (see its docstring).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -165,6 +166,7 @@ class ForcedActionEngine:
     without the suffix. The forced tokens are marked `sampled=False` (loss mask 0, log-prob 0); the model's
     tokens keep the inner engine's log-probs, which were computed with the forced prefix in context, so a
     full-sequence forward reproduces them. `decide` returning None passes the request through unchanged.
+    When the inner engine takes requests one at a time (`submit`), so does the wrapper.
     `inner_outputs` records what the inner engine returned (for tests).
     """
 
@@ -183,51 +185,64 @@ class ForcedActionEngine:
         self.stop_id = stop_id
         self.sampled_tokens = sampled_tokens
         self.inner_outputs: list[tuple[GenerationRequest, GenerationOutput]] = []
+        if callable(getattr(inner, "submit", None)):  # streams like the inner engine (the vLLM engine)
+            self.submit = self._submit
+
+    def _plan(self, req: GenerationRequest) -> tuple[list[int], list[int], GenerationRequest]:
+        """(forced prefix ids, forced suffix ids, the request for the inner engine)."""
+        forced = self.decide(req)
+        if forced is None:
+            return [], [], req
+        prefix = self.encode(forced[0]) if forced[0] else []
+        suffix = (self.encode(forced[1]) if forced[1] else []) + [self.stop_id]
+        room = req.max_new_tokens - len(prefix) - len(suffix)
+        if room < 1:
+            raise ValueError(
+                f"max_new_tokens={req.max_new_tokens} leaves no room for the forced tags of turn "
+                f"{req.turn_index} of {req.key!r}"
+            )
+        inner = GenerationRequest(
+            prompt_ids=list(req.prompt_ids) + prefix,
+            max_new_tokens=min(room, self.sampled_tokens),
+            images=req.images,
+            pixel_values=req.pixel_values,
+            image_grid_thw=req.image_grid_thw,
+            key=req.key,
+            turn_index=req.turn_index,
+        )
+        return prefix, suffix, inner
+
+    def _finish(
+        self, prefix: list[int], suffix: list[int], ireq: GenerationRequest, out: GenerationOutput
+    ) -> GenerationOutput:
+        self.inner_outputs.append((ireq, out))
+        if not prefix and not suffix:
+            return out
+        ids = prefix + list(out.token_ids)
+        lps = [0.0] * len(prefix) + list(out.logprobs)
+        flags = [False] * len(prefix) + out.sampled_flags()
+        if out.finish_reason == "length":  # the model did not stop: force the action and the stop token
+            ids += suffix
+            lps += [0.0] * len(suffix)
+            flags += [False] * len(suffix)
+        return GenerationOutput(ids, lps, "stop", flags)
 
     def generate(
         self, requests: Sequence[GenerationRequest], params: SamplingParams
     ) -> list[GenerationOutput]:
-        plans = []
-        inner_reqs = []
-        for req in requests:
-            forced = self.decide(req)
-            if forced is None:
-                plans.append(([], []))
-                inner_reqs.append(req)
-                continue
-            prefix = self.encode(forced[0]) if forced[0] else []
-            suffix = (self.encode(forced[1]) if forced[1] else []) + [self.stop_id]
-            room = req.max_new_tokens - len(prefix) - len(suffix)
-            if room < 1:
-                raise ValueError(
-                    f"max_new_tokens={req.max_new_tokens} leaves no room for the forced tags of turn "
-                    f"{req.turn_index} of {req.key!r}"
-                )
-            plans.append((prefix, suffix))
-            inner_reqs.append(
-                GenerationRequest(
-                    prompt_ids=list(req.prompt_ids) + prefix,
-                    max_new_tokens=min(room, self.sampled_tokens),
-                    images=req.images,
-                    pixel_values=req.pixel_values,
-                    image_grid_thw=req.image_grid_thw,
-                    key=req.key,
-                    turn_index=req.turn_index,
-                )
-            )
-        inner_outs = self.inner.generate(inner_reqs, params)
-        outs = []
-        for (prefix, suffix), ireq, out in zip(plans, inner_reqs, inner_outs, strict=True):
-            self.inner_outputs.append((ireq, out))
-            if not prefix and not suffix:
-                outs.append(out)
-                continue
-            ids = prefix + list(out.token_ids)
-            lps = [0.0] * len(prefix) + list(out.logprobs)
-            flags = [False] * len(prefix) + out.sampled_flags()
-            if out.finish_reason == "length":  # the model did not stop: force the action and the stop token
-                ids += suffix
-                lps += [0.0] * len(suffix)
-                flags += [False] * len(suffix)
-            outs.append(GenerationOutput(ids, lps, "stop", flags))
-        return outs
+        plans = [self._plan(r) for r in requests]
+        outs = self.inner.generate([p[2] for p in plans], params)
+        return [self._finish(p, s, r, o) for (p, s, r), o in zip(plans, outs, strict=True)]
+
+    def _submit(self, req: GenerationRequest, params: SamplingParams) -> Future:
+        prefix, suffix, ireq = self._plan(req)
+        result: Future = Future()
+
+        def done(f: Future) -> None:
+            try:
+                result.set_result(self._finish(prefix, suffix, ireq, f.result()))
+            except Exception as e:  # the inner engine's error reaches the caller
+                result.set_exception(e)
+
+        self.inner.submit(ireq, params).add_done_callback(done)  # type: ignore[attr-defined]
+        return result

@@ -179,11 +179,9 @@ class HFEngine:
             base = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
             sampler = _RowSampler([row_seed(base, r.key, r.turn_index) for r in requests], params)
             processors.append(sampler)
-        kwargs: dict[str, Any] = {
-            "input_ids": input_ids,
-            "attention_mask": attention,
-            "mm_token_type_ids": (input_ids == self.image_pad_id).int(),
-        }
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention}
+        if hasattr(self.model.config, "vision_config"):  # Qwen-VL: mRoPE positions from the image pads
+            kwargs["mm_token_type_ids"] = (input_ids == self.image_pad_id).int()
         if pixel_values is not None:
             kwargs.update(pixel_values=pixel_values, image_grid_thw=grid)
         out = self.model.generate(**kwargs, generation_config=gen_cfg, logits_processor=processors)

@@ -24,6 +24,10 @@ whose tool result has arrived joins the next batch, so generation never waits fo
 Results that arrive in a burst are coalesced: before a batch, the loop keeps taking results that arrive within
 `coalesce_s` (default 10 ms) of each other, at most 4 * `coalesce_s`; this avoids a string of tiny batches when
 many tools finish together and costs at most 40 ms when they do not.
+With an engine that takes requests one at a time (`submit`, the vLLM engine), "async" submits each
+trajectory's next turn the moment it is ready (a tool result re-enters generation at once) and the engine
+batches continuously: `max_batch_size` is then its limit on sequences in flight (vLLM's `max_num_seqs`) and
+`coalesce_s` does not apply.
 "round_sync" (for comparison, and bit-for-bit reproducible batches) generates every active trajectory, then
 runs all their tool calls and waits for all of them, round after round.
 
@@ -106,7 +110,9 @@ class AgentLoop:
         runs = [self._start(s, g) for s in samples for g in range(n)]
         active = [r for r in runs if r.traj.finish_reason is None]
         with ThreadPoolExecutor(max_workers=max(1, self.cfg.tool_workers), thread_name_prefix="tool") as pool:
-            if self.cfg.schedule == "async":
+            if self.cfg.schedule == "async" and callable(getattr(self.engine, "submit", None)):
+                self._run_streaming(active, pool)
+            elif self.cfg.schedule == "async":
                 self._run_async(active, pool)
             else:
                 self._run_round_sync(active, pool)
@@ -131,6 +137,35 @@ class AgentLoop:
                     ready.append(run)
                 elif nxt is not None:
                     pending[pool.submit(self._call_tool, nxt[0], nxt[1], run.sample)] = (run, *nxt)
+
+    def _run_streaming(self, active: list[_Run], pool: ThreadPoolExecutor) -> None:
+        """Async schedule on an engine with `submit(request, params) -> Future` (the vLLM engine): every
+        trajectory's next turn is submitted the moment it is ready, and the engine batches continuously."""
+        gen: dict[Future, tuple[_Run, GenerationRequest, float]] = {}
+        tools: dict[Future, tuple[_Run, str, str | None]] = {}
+
+        def submit(run: _Run) -> None:
+            req = self._request(run)
+            gen[self.engine.submit(req, self.params)] = (run, req, time.perf_counter())  # type: ignore[attr-defined]
+
+        for run in active:
+            submit(run)
+        while gen or tools:
+            done, _ = wait([*gen, *tools], return_when=FIRST_COMPLETED)
+            for fut in done:
+                if fut in tools:
+                    run, name, arg = tools.pop(fut)
+                    if self._on_tool_result(run, name, arg, fut.result()):
+                        submit(run)
+                    continue
+                run, req, t = gen.pop(fut)
+                run.traj.stats["gen_s"] += time.perf_counter() - t
+                run.traj.stats["n_gen_calls"] += 1
+                nxt = self._on_turn(run, req, fut.result())
+                if nxt == "ready":
+                    submit(run)
+                elif nxt is not None:
+                    tools[pool.submit(self._call_tool, nxt[0], nxt[1], run.sample)] = (run, *nxt)
 
     def _coalesce(self, ready: deque[_Run], pending: dict[Future, tuple[_Run, str, str | None]]) -> None:
         """Let tool results that arrive in a burst join this batch: keep absorbing while results keep coming

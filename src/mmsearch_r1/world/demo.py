@@ -196,6 +196,9 @@ def run_demo(
         "model", lambda: build_tiny_model(out / "model" / "base", seed=seed, corpus=world.tokenizer_corpus)
     )
     cfg = demo_config(out, world, model0, quick=quick, seed=seed, config=config, overrides=overrides)
+    from mmsearch_r1.rollout.engines import check_engine
+
+    check_engine(cfg.rollout)  # rollout.engine=vllm without vLLM: one line now, not after SFT
 
     # SFT takes optim.* from the config too; it gets a cosine decay with a short warm-up (measured: copying
     # names from the results appears only after about 800 steps at 3e-3), GRPO keeps the config's schedule.
