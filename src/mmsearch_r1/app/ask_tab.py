@@ -8,7 +8,6 @@ rollout that fails. Without a model the tab says how to make one instead of the 
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ def write_examples(world_dir: Path, out_dir: Path, limit: int = 6) -> list[list[
     return rows
 
 
-def build_ask_tab(gr: Any, agent: Any, examples: list[list[str]], temp_root: Path) -> None:
+def build_ask_tab(gr: Any, agent: Any, examples: list[list[str]]) -> None:
     """Add the tab's components and events to the enclosing `gr.Blocks` (inside a `gr.Tab`)."""
     if agent is None:
         gr.Markdown(NO_MODEL, elem_id="ask-no-model")
@@ -125,7 +124,3 @@ def build_ask_tab(gr: Any, agent: Any, examples: list[list[str]], temp_root: Pat
 
     ask.click(run, [image, question, gold, temperature, max_turns], out)
     question.submit(run, [image, question, gold, temperature, max_turns], out)
-
-
-def example_dir(temp_root: Path) -> Path:
-    return Path(tempfile.mkdtemp(prefix="examples_", dir=temp_root))

@@ -144,7 +144,6 @@ def common_ids(left: str | None, right: str | None) -> list[tuple[str, str]]:
 
 def build_runs_tab(gr: Any, blocks: Any, default_root: str) -> None:
     """Add the tab's components and events to the enclosing `gr.Blocks` (inside a `gr.Tab`)."""
-    state = gr.State({})
     with gr.Row():
         root = gr.Textbox(value=default_root, label="Run directory", scale=4, elem_id="runs-dir")
         open_btn = gr.Button("Open", variant="primary", scale=1, elem_id="runs-open")
@@ -186,7 +185,6 @@ def build_runs_tab(gr: Any, blocks: Any, default_root: str) -> None:
         r_default = evals[1][1] if len(evals) > 1 else l_default
         frames, probs = curves(m_default)
         return (
-            info,
             _msg(info["status"] + probs),
             gr.update(choices=[(k, v) for k, v in metrics], value=m_default),
             *frames,
@@ -220,7 +218,7 @@ def build_runs_tab(gr: Any, blocks: Any, default_root: str) -> None:
     filters = [traj_file, source, searched, correct, lo, hi]
     filter_out = [source, count, problems, pick, traj_html]
     triggers = [open_btn.click, root.submit] + ([blocks.load] if default_root else [])
-    open_ev = gr.on(triggers, on_open, root, [state, status, metrics_dd, *plots, traj_file, left, right])
+    open_ev = gr.on(triggers, on_open, root, [status, metrics_dd, *plots, traj_file, left, right])
     open_ev.then(on_filter, filters, filter_out).then(
         on_pair, [left, right], [question, left_html, right_html]
     )

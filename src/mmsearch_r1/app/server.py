@@ -76,7 +76,7 @@ def build_app(settings: AppSettings) -> tuple[Any, Callable[[], None]]:
         with gr.Blocks(title="mmsearch-r1", analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
             gr.Markdown("# mmsearch-r1: ask with an image, watch the search; browse a run's trajectories")
             with gr.Tab("Ask", elem_id="tab-ask"):
-                build_ask_tab(gr, agent, examples, temp_root)
+                build_ask_tab(gr, agent, examples)
             with gr.Tab("Runs", elem_id="tab-runs"):
                 build_runs_tab(gr, blocks, str(settings.runs_dir) if settings.runs_dir else "")
         blocks.mm_css = CSS  # passed to launch (Gradio 6 takes css there)
