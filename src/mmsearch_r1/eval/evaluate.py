@@ -122,7 +122,7 @@ def evaluate(
                     ]
                 )
             for s, t, r, v in zip(chunk, trajs, rewards, verdicts, strict=True):
-                rec = sample_record(s, t, r, v, policy=pol.name)
+                rec = sample_record(s, t, r, v, policy=pol.name, profile=pol.protocol.profile)
                 records.append(rec)
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.flush()

@@ -25,7 +25,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from mmsearch_r1.protocol import extract_final_answer
-from mmsearch_r1.reward import exact_match, gold_list, sub_exact_match
+from mmsearch_r1.reward import (
+    exact_match,
+    exact_match_original,
+    gold_list,
+    sub_exact_match,
+    sub_exact_match_original,
+)
 from mmsearch_r1.types import RewardOutput, Sample
 
 
@@ -36,11 +42,21 @@ def sample_record(
     verdict: Any = None,
     *,
     policy: str = "agent",
+    profile: str = "default",
 ) -> dict[str, Any]:
-    """One JSON-ready record (see the module docstring). `traj` is a `rollout.Trajectory`."""
+    """One JSON-ready record (see the module docstring). `traj` is a `rollout.Trajectory`. `profile` is the
+    protocol profile: under `original`, the final answer, EM and SubEM follow the released code's rules
+    (docs/protocol_and_reward.md), as its reward does."""
     golds = gold_list(sample.answers)
     texts = traj.assistant_texts
-    pred = extract_final_answer(texts)
+    if profile == "original":
+        from mmsearch_r1.protocol_original import final_answer_original
+
+        pred = final_answer_original(texts)
+        em, subem = exact_match_original(pred, golds), sub_exact_match_original(pred, golds)
+    else:
+        pred = extract_final_answer(texts)
+        em, subem = exact_match(pred, golds), sub_exact_match(pred, golds)
     exported = traj.to_json()
     tools = [t.tool for t in traj.turns if t.tool is not None]
     return {
@@ -51,8 +67,8 @@ def sample_record(
         "question": sample.question,
         "gold": {"ground_truth": sample.answers.ground_truth, "candidates": list(sample.answers.candidates)},
         "final_answer": pred,
-        "em": bool(exact_match(pred, golds)),
-        "subem": bool(sub_exact_match(pred, golds)),
+        "em": bool(em),
+        "subem": bool(subem),
         "judge": verdict.to_json() if verdict is not None else None,
         "reward": reward.to_dict(),
         "finish_reason": traj.finish_reason,

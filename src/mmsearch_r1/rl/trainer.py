@@ -134,7 +134,10 @@ def validate(
     trajs = loop.run(share, 1) if share else []
     rewards = _score(trajs, {s.id: s for s in share}, cfg, step)
     by_id = {s.id: s for s in share}
-    records = [sample_record(by_id[t.sample_id], t, r) for t, r in zip(trajs, rewards, strict=True)]
+    records = [
+        sample_record(by_id[t.sample_id], t, r, profile=cfg.protocol.profile)
+        for t, r in zip(trajs, rewards, strict=True)
+    ]
     if save_dir is not None:
         from mmsearch_r1.rl.val_only import save_generations
 
