@@ -57,6 +57,22 @@ def test_paper_config_fits_8_x_80_gib_and_not_one(capsys):
     assert js["fits"] is True and js["peak_bytes"] == plan.peak_bytes and js["world_size"] == 8
 
 
+def test_vllm_pool_is_its_share_of_the_gpu_and_must_hold_the_weights(capsys):
+    cfg = load_config(PAPER, ["rollout.vllm_gpu_memory_utilization=0.5"])
+    plan = plan_memory(cfg, 8, 80)
+    assert plan.row("vLLM pool (weights + KV cache)").bytes == int(0.5 * 80 * GiB)
+    assert plan.row("vLLM pool (weights + KV cache)").phase == "rollout"  # released while training
+    assert plan.fits and not plan.problems
+    # 0.1 of 80 GiB cannot hold 7B bf16 weights (15.4 GiB): no total makes that work
+    small = plan_memory(load_config(PAPER, ["rollout.vllm_gpu_memory_utilization=0.1"]), 8, 80)
+    assert small.fits is False and "vllm_gpu_memory_utilization" in small.problems[0]
+    assert (
+        main(["plan", PAPER, "rollout.vllm_gpu_memory_utilization=0.1", "--gpus", "8", "--gpu-mem-gb", "80"])
+        == 3
+    )
+    assert "cannot hold the weights" in capsys.readouterr().out
+
+
 SCRIPT = r"""
 import json, sys, torch
 sys.path.insert(0, {root!r})

@@ -192,6 +192,7 @@ class MemoryPlan:
     world_size: int
     gpu_bytes: int | None
     rows: list[Row] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # what cannot work whatever the total
 
     def phase_bytes(self, phase: str) -> int:
         return sum(r.bytes for r in self.rows if r.phase in ("both", phase))
@@ -202,7 +203,9 @@ class MemoryPlan:
 
     @property
     def fits(self) -> bool | None:
-        return None if self.gpu_bytes is None else self.peak_bytes <= self.gpu_bytes
+        if self.gpu_bytes is None:
+            return None
+        return self.peak_bytes <= self.gpu_bytes and not self.problems
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -217,6 +220,7 @@ class MemoryPlan:
             "compute copy / gathers": "torchrun with 2+ processes (one process keeps a whole compute copy)",
             "reference model": "grpo.kl_coef=0 (no reference model) or more processes",
             "rollout weights": "rollout.engine=vllm (weights released while training)",
+            "vLLM pool (weights + KV cache)": "rollout.vllm_gpu_memory_utilization (it is released while training)",
             "KV cache": "rollout.max_batch_size, rollout.max_response_tokens or rollout.max_prompt_tokens",
             "activations": "model.gradient_checkpointing=true, trainer.micro_batch_size or the token budgets",
             "log-prob chunk": "grpo.logprob_chunk_tokens",
@@ -251,7 +255,7 @@ class MemoryPlan:
                 f"  DOES NOT FIT: {self.peak_bytes / GiB:.1f} GiB needed, {self.gpu_bytes / GiB:.1f} GiB per GPU; "
                 "change:"
             )
-            lines += [f"    - {a}" for a in self.advice()]
+            lines += [f"    - {a}" for a in self.problems or self.advice()]
         return "\n".join(lines)
 
     def to_json(self) -> str:
@@ -263,6 +267,7 @@ class MemoryPlan:
                 "gpu_bytes": self.gpu_bytes,
                 "peak_bytes": self.peak_bytes,
                 "fits": self.fits,
+                "problems": self.problems,
                 "rows": [r.__dict__ for r in self.rows],
             }
         )
@@ -297,13 +302,30 @@ def plan_memory(
         add(Row("compute copy / gathers", P * cb, "both", True, f"whole model in {m.compute_dtype}"))
     if g.kl_coef > 0:
         add(Row("reference model", shape.sharded_numel(W) * cb if W > 1 else P * cb, "both", True, "frozen"))
-    if r.engine == "vllm":
-        add(Row("rollout weights", P * cb, "rollout", True, "vLLM copy, released while training"))
-    elif W > 1:
-        add(Row("rollout weights", P * cb, "both", True, "unsharded HF copy"))
     seq = r.max_prompt_tokens + r.max_response_tokens
-    kv = r.max_batch_size * seq * 2 * shape.layers * shape.kv_dim * cb
-    add(Row("KV cache", kv, "rollout", False, f"{r.max_batch_size} x {seq} tokens"))
+    kv_seq = seq * 2 * shape.layers * shape.kv_dim * cb  # one sequence's KV cache
+    kv = r.max_batch_size * kv_seq
+    if r.engine == "vllm" and plan.gpu_bytes:  # vLLM takes its share of the GPU for weights + KV cache
+        u = r.vllm_gpu_memory_utilization
+        pool = int(u * plan.gpu_bytes)
+        how = f"rollout.vllm_gpu_memory_utilization={u} of the GPU; released while training"
+        add(Row("vLLM pool (weights + KV cache)", pool, "rollout", True, how))
+        if pool < P * cb + kv_seq:
+            plan.problems.append(
+                f"the vLLM pool ({pool / GiB:.1f} GiB) cannot hold the weights ({P * cb / GiB:.1f} GiB) and one "
+                f"sequence's KV cache ({kv_seq / GiB:.2f} GiB): raise rollout.vllm_gpu_memory_utilization"
+            )
+        elif pool < P * cb + kv:
+            batch = int((pool - P * cb) // kv_seq)
+            row_how = f"{batch} of rollout.max_batch_size={r.max_batch_size} sequences fit at full length"
+            add(Row("(vLLM sequences at once)", 0, "info", False, row_how))
+    elif r.engine == "vllm":
+        add(Row("rollout weights", P * cb, "rollout", True, "vLLM copy, released while training"))
+        add(Row("KV cache", kv, "rollout", False, f"{r.max_batch_size} x {seq} tokens"))
+    else:
+        if W > 1:
+            add(Row("rollout weights", P * cb, "both", True, "unsharded HF copy"))
+        add(Row("KV cache", kv, "rollout", False, f"{r.max_batch_size} x {seq} tokens"))
     tokens = t.micro_batch_size * seq
     H, kvd, inter = shape.hidden, shape.kv_dim, shape.intermediate
     per_layer_token = cb * (6 * H + 2 * kvd + 4 * inter) + 4 * 2 * H  # + fp32 norm inputs
