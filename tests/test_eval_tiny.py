@@ -178,3 +178,23 @@ def test_eval_agent_policy_limit_and_errors(tiny_model_dir, world, tmp_path, cap
     ]
     assert main(argv) == 1
     assert "unknown key(s) ['temperature']" in capsys.readouterr().err
+
+
+def test_eval_pixel_budget_reaches_the_image_processor(tiny_model_dir, world, tmp_path, capsys) -> None:
+    """--min-pixels (or data.min_pixels of --config) resizes each 56 x 56 question image: 4 -> 16 image tokens."""
+    base = ["eval", "--model", str(tiny_model_dir), "--data", str(world / "test.parquet")]
+    base += ["--policy", "direct", "--max-new-tokens", "2", "--limit", "1"]
+    prompts = {}
+    for name, extra in {
+        "own": [],
+        "flag": ["--min-pixels", str(112 * 112)],
+        "config": ["--config", str(tmp_path / "cfg.yaml")],
+    }.items():
+        (tmp_path / "cfg.yaml").write_text(f"data:\n  min_pixels: {112 * 112}\n")
+        assert main([*base, "--out", str(tmp_path / name), *extra]) == 0
+        rec = json.loads((tmp_path / name / "samples.jsonl").read_text().splitlines()[0])
+        prompts[name] = rec["tokens"]["prompt"]
+    assert prompts["flag"] == prompts["config"] == prompts["own"] + 12
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "bad"), "--min-pixels", "9999", "--max-pixels", "10"]) != 0
+    assert "--min-pixels=9999 must be <= --max-pixels=10" in capsys.readouterr().err

@@ -43,7 +43,26 @@ def register(subparsers: Any) -> None:
         "--engine", choices=["hf", "vllm"], default=None, help="default: rollout.engine of --config"
     )
     p.add_argument("--skip-bad-rows", action="store_true", help="skip unreadable rows instead of failing")
+    add_pixel_args(p, "data.min_pixels / data.max_pixels of --config, else the model's own")
     p.set_defaults(func=_eval)
+
+
+def add_pixel_args(p: argparse.ArgumentParser, default: str) -> None:
+    """--min-pixels / --max-pixels: the image processor's pixel budget (docs/memory.md)."""
+    for name in ("min", "max"):
+        p.add_argument(f"--{name}-pixels", type=int, default=None, metavar="N", help=f"default: {default}")
+
+
+def pixel_budget(args: argparse.Namespace, cfg_min: int | None, cfg_max: int | None) -> tuple:
+    """(min_pixels, max_pixels) from the flags, else the config's; a bad value names its flag."""
+    lo = args.min_pixels if args.min_pixels is not None else cfg_min
+    hi = args.max_pixels if args.max_pixels is not None else cfg_max
+    for flag, v in (("--min-pixels", lo), ("--max-pixels", hi)):
+        if v is not None and v <= 0:
+            raise ValueError(f"{flag} must be > 0, got {v}")
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"--min-pixels={lo} must be <= --max-pixels={hi}")
+    return lo, hi
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -68,6 +87,7 @@ def _eval(args: argparse.Namespace) -> int:
         from mmsearch_r1.cli.infer import load_search_config
 
         search = load_search_config(args.search)
+    pixels = pixel_budget(args, cfg.data.min_pixels, cfg.data.max_pixels)
     rollout = cfg.rollout if args.engine is None else dataclasses.replace(cfg.rollout, engine=args.engine)
     from mmsearch_r1.rollout.engines import check_engine
 
@@ -108,6 +128,8 @@ def _eval(args: argparse.Namespace) -> int:
             device=args.device,
             skip_bad_rows=args.skip_bad_rows,
             chunk_size=args.chunk_size,
+            min_pixels=pixels[0],
+            max_pixels=pixels[1],
             progress=progress,
             engine=rollout.engine,
         )

@@ -40,6 +40,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="cpu", help="device of the hf engine (vLLM picks its own)")
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="generation engine (default hf)")
     p.add_argument("--prompt-set", default="default", help="prompt set name or directory")
+    from mmsearch_r1.cli.eval import add_pixel_args
+
+    add_pixel_args(p, "the model's own")
     p.set_defaults(func=_infer)
 
 
@@ -106,7 +109,9 @@ def _infer(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     protocol = ProtocolConfig() if args.max_turns is None else ProtocolConfig(max_turns=args.max_turns)
     torch.manual_seed(args.seed)
-    renderer = load_processor(args.model)
+    from mmsearch_r1.cli.eval import pixel_budget
+
+    renderer = load_processor(args.model, *pixel_budget(args, None, None))
     rollout = RolloutConfig(
         engine=args.engine,
         max_new_tokens_per_turn=args.max_new_tokens,

@@ -169,9 +169,12 @@ def evaluate_model(
     chunk_size: int = 64,
     progress: Progress | None = None,
     engine: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint directory and parquet files, then `evaluate` (data parallel under torchrun; module
-    docstring). `limit` keeps the first N of each file; `device` is the HF engine's (vLLM picks its own)."""
+    docstring). `limit` keeps the first N of each file; `device` is the HF engine's (vLLM picks its own);
+    `min_pixels` / `max_pixels` set the image processor's pixel budget (None: the checkpoint's own)."""
     from mmsearch_r1.data.reader import read_samples
     from mmsearch_r1.model import load_model, load_processor
     from mmsearch_r1.rl import distributed as D
@@ -194,7 +197,7 @@ def evaluate_model(
         rollout = dataclasses.replace(rollout, engine=engine)
     check_engine(rollout, sampling=False)
     dist = D.init_distributed()
-    renderer = load_processor(model_dir)
+    renderer = load_processor(model_dir, min_pixels, max_pixels)
     model = load_model(model_dir, dtype=dtype, device=device) if rollout.engine == "hf" else None
     gen = build_engine(rollout, renderer, model=model, model_path=str(model_dir), dtype=dtype)
     tools: dict[str, Any] = {}
