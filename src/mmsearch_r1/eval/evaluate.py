@@ -196,6 +196,9 @@ def evaluate_model(
     if engine is not None:  # else rollout.engine
         rollout = dataclasses.replace(rollout, engine=engine)
     check_engine(rollout, sampling=False)
+    import torch.distributed
+
+    owned = not torch.distributed.is_initialized()  # a process group we start, we also end
     dist = D.init_distributed()
     renderer = load_processor(model_dir, min_pixels, max_pixels)
     model = load_model(model_dir, dtype=dtype, device=device) if rollout.engine == "hf" else None
@@ -227,7 +230,10 @@ def evaluate_model(
         gen.close()
     if not dist.enabled:
         return summary
-    return merge_shards(out, shard_dir, summary, dist)
+    summary = merge_shards(out, shard_dir, summary, dist)
+    if owned:  # left to interpreter exit, gloo's threads can abort the process
+        D.shutdown(dist)
+    return summary
 
 
 def merge_shards(out: Path, shard_dir: Path, summary: dict[str, Any], dist: Any) -> dict[str, Any]:
