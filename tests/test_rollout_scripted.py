@@ -283,10 +283,12 @@ def test_tools_run_concurrently():
 
 
 def test_results_arriving_in_a_burst_share_one_batch():
-    burst = FakeTool(["r"], delay_s=lambda arg, s: 0.2 + 0.003 * int(s.id[1:]))
+    # results 50 ms apart; a 0.5 s coalescing gap joins them, no gap splits them. The margins (10x either way)
+    # keep the test independent of machine load: only a stall of > 0.5 s between two arrivals could split them.
+    burst = FakeTool(["r"], delay_s=lambda arg, s: 0.2 + 0.05 * int(s.id[1:]))
     scripts = {f"s{i}": [text_search("q"), ANSWER] for i in range(6)}
     kw = dict(samples=[sample(i) for i in range(6)], tools=make_tools(text_search=burst))
-    _, engine, _ = rollout(scripts, **kw)
+    _, engine, _ = rollout(scripts, coalesce_s=0.5, **kw)
     assert [len(c) for c in engine.calls] == [6, 6]  # the second turns of all six in one batch
     _, engine, _ = rollout(scripts, coalesce_s=0.0, **kw)
     assert len(engine.calls) > 2  # without coalescing the burst is split
