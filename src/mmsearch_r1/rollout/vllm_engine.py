@@ -146,6 +146,12 @@ class VLLMEngine:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_bytes)
         config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
         self.multimodal = "vision_config" in config
+        window = config.get("text_config", config).get("max_position_embeddings") or config.get(
+            "max_position_embeddings"
+        )
+        if window and int(window) < kwargs["max_model_len"]:  # the model's own limit; longer requests fail
+            log.info("vLLM max_model_len %d -> %d (the model's window)", kwargs["max_model_len"], int(window))
+            kwargs["max_model_len"] = int(window)
         if self.multimodal:
             kwargs["limit_mm_per_prompt"] = {"image": int(max_images), "video": 0}
         self.llm = LLM(**kwargs)
