@@ -72,6 +72,34 @@ def world_in_subprocess(root) -> dict[str, str]:
 
 
 @pytest.mark.vllm
+@needs_vllm
+def test_eval_on_vllm_writes_what_hf_writes(tmp_path):
+    """`evaluate_model(..., engine="vllm")` (greedy, direct policy, questions without images) writes the same
+    samples as the HF engine, wall-clock fields aside. It runs before the GRPO test, whose search tools import
+    numba into this process (after which vLLM's CPU start-up fails; see VLLMEngine)."""
+    from mmsearch_r1.data.writer import write_samples
+    from mmsearch_r1.eval.evaluate import evaluate_model
+    from mmsearch_r1.model.tiny_text import TinyTextSizes, build_tiny_text_model
+    from test_eval_parallel import untimed
+
+    model_dir = build_tiny_text_model(tmp_path / "m", seed=1, sizes=TinyTextSizes(init_range=0.3))
+    samples = [Sample(f"q{i}", f"Which word goes with number {i}?", [], Answers("x")) for i in range(5)]
+    write_samples(samples, tmp_path / "q.parquet")
+    from mmsearch_r1.config import RolloutConfig
+
+    rollout = RolloutConfig(max_new_tokens_per_turn=24, vllm_gpu_memory_utilization=0.25)
+    rows = {}
+    for engine in ("vllm", "hf"):
+        out = tmp_path / engine
+        summary = evaluate_model(model_dir, [tmp_path / "q.parquet"], out_dir=out, policy="direct",
+                                 rollout=rollout, engine=engine)  # fmt: skip
+        assert summary["n_samples"] == 5
+        rows[engine] = [json.loads(r) for r in (out / "samples.jsonl").read_text().splitlines()]
+    assert untimed(rows["vllm"]) == untimed(rows["hf"])
+    assert sum(r["tokens"]["generated"] for r in rows["vllm"]) > 5
+
+
+@pytest.mark.vllm
 @pytest.mark.slow
 @needs_vllm
 def test_grpo_on_vllm_syncs_every_tensor_and_raises_reward(tmp_path, capsys):
@@ -151,30 +179,3 @@ def test_vllm_not_installed_is_one_line_before_any_model_loads(tmp_path):
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "vLLM is not installed" in lines[0] and ".[all,vllm]" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr and "no_model_here" not in proc.stderr
-
-
-@pytest.mark.vllm
-@needs_vllm
-def test_eval_on_vllm_writes_what_hf_writes(tmp_path):
-    """`evaluate_model(..., engine="vllm")` (greedy, direct policy, questions without images) writes the same
-    samples as the HF engine, wall-clock fields aside."""
-    from mmsearch_r1.data.writer import write_samples
-    from mmsearch_r1.eval.evaluate import evaluate_model
-    from mmsearch_r1.model.tiny_text import TinyTextSizes, build_tiny_text_model
-    from test_eval_parallel import untimed
-
-    model_dir = build_tiny_text_model(tmp_path / "m", seed=1, sizes=TinyTextSizes(init_range=0.3))
-    samples = [Sample(f"q{i}", f"Which word goes with number {i}?", [], Answers("x")) for i in range(5)]
-    write_samples(samples, tmp_path / "q.parquet")
-    from mmsearch_r1.config import RolloutConfig
-
-    rollout = RolloutConfig(max_new_tokens_per_turn=24, vllm_gpu_memory_utilization=0.25)
-    rows = {}
-    for engine in ("vllm", "hf"):
-        out = tmp_path / engine
-        summary = evaluate_model(model_dir, [tmp_path / "q.parquet"], out_dir=out, policy="direct",
-                                 rollout=rollout, engine=engine)  # fmt: skip
-        assert summary["n_samples"] == 5
-        rows[engine] = [json.loads(r) for r in (out / "samples.jsonl").read_text().splitlines()]
-    assert untimed(rows["vllm"]) == untimed(rows["hf"])
-    assert sum(r["tokens"]["generated"] for r in rows["vllm"]) > 5
