@@ -5,7 +5,8 @@ writes 2-40% of the time after the forced `<reason>x</reason><answer>`. Checked:
 tensors vLLM holds equal the ones the policy sent (every tensor vLLM keeps readable; the CPU backend repacks
 linear weights into kernel handles, so for those the check is the next one), the trainer's recomputed log-probs
 equal vLLM's recorded ones at every step (so vLLM generated with the policy's current weights), and the mean
-reward rises clearly. Also: `rollout.engine=vllm` without vLLM is one line and exit code 1 before any model loads.
+reward rises clearly. Also: `rollout.engine=vllm` without vLLM is one line and exit code 1 before any model loads;
+evaluation on vLLM writes the same samples as on HF.
 """
 
 from __future__ import annotations
@@ -68,6 +69,34 @@ def world_in_subprocess(root) -> dict[str, str]:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_eval_on_vllm_writes_what_hf_writes(tmp_path):
+    """`evaluate_model(..., engine="vllm")` (greedy, direct policy, questions without images) writes the same
+    samples as the HF engine, wall-clock fields aside. It runs before the GRPO test, whose search tools import
+    numba into this process (after which vLLM's CPU start-up fails; see VLLMEngine)."""
+    from mmsearch_r1.data.writer import write_samples
+    from mmsearch_r1.eval.evaluate import evaluate_model
+    from mmsearch_r1.model.tiny_text import TinyTextSizes, build_tiny_text_model
+    from test_eval_parallel import untimed
+
+    model_dir = build_tiny_text_model(tmp_path / "m", seed=1, sizes=TinyTextSizes(init_range=0.3))
+    samples = [Sample(f"q{i}", f"Which word goes with number {i}?", [], Answers("x")) for i in range(5)]
+    write_samples(samples, tmp_path / "q.parquet")
+    from mmsearch_r1.config import RolloutConfig
+
+    rollout = RolloutConfig(max_new_tokens_per_turn=24, vllm_gpu_memory_utilization=0.25)
+    rows = {}
+    for engine in ("vllm", "hf"):
+        out = tmp_path / engine
+        summary = evaluate_model(model_dir, [tmp_path / "q.parquet"], out_dir=out, policy="direct",
+                                 rollout=rollout, engine=engine)  # fmt: skip
+        assert summary["n_samples"] == 5
+        rows[engine] = [json.loads(r) for r in (out / "samples.jsonl").read_text().splitlines()]
+    assert untimed(rows["vllm"]) == untimed(rows["hf"])
+    assert sum(r["tokens"]["generated"] for r in rows["vllm"]) > 5
 
 
 @pytest.mark.vllm

@@ -68,6 +68,20 @@ def collapse_image_pads(ids: Sequence[int], pad_id: int) -> tuple[list[int], int
     return out, runs
 
 
+def pixel_budget(image_processor: Any) -> tuple[int, int] | None:
+    """(min_pixels, max_pixels) of a Qwen2-VL image processor (its `size` edges or attributes), or None."""
+    size = getattr(image_processor, "size", None)
+    lo, hi = (
+        getattr(size, "shortest_edge", None),
+        getattr(size, "longest_edge", None),
+    )  # transformers' SizeDict
+    if isinstance(size, dict):
+        lo, hi = size.get("shortest_edge", lo), size.get("longest_edge", hi)
+    lo = lo if lo is not None else getattr(image_processor, "min_pixels", None)
+    hi = hi if hi is not None else getattr(image_processor, "max_pixels", None)
+    return (int(lo), int(hi)) if lo is not None and hi is not None else None
+
+
 def vllm_sampling_kwargs(params: SamplingParams, key: str, turn_index: int) -> dict[str, Any]:
     """vLLM `SamplingParams` fields for one request (see the module docstring); ValueError for T != 1."""
     if params.is_greedy:
@@ -146,8 +160,17 @@ class VLLMEngine:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_bytes)
         config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
         self.multimodal = "vision_config" in config
+        window = config.get("text_config", config).get("max_position_embeddings") or config.get(
+            "max_position_embeddings"
+        )
+        if window and int(window) < kwargs["max_model_len"]:  # the model's own limit; longer requests fail
+            log.info("vLLM max_model_len %d -> %d (the model's window)", kwargs["max_model_len"], int(window))
+            kwargs["max_model_len"] = int(window)
         if self.multimodal:
             kwargs["limit_mm_per_prompt"] = {"image": int(max_images), "video": 0}
+            budget = pixel_budget(renderer.image_processor)
+            if budget is not None:  # vLLM's processor must give each image the grid our renderer gave it
+                kwargs["mm_processor_kwargs"] = {"min_pixels": budget[0], "max_pixels": budget[1]}
         self.llm = LLM(**kwargs)
         self.engine = self.llm.llm_engine
         vocab = renderer.tokenizer.get_vocab()
