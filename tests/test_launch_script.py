@@ -108,7 +108,7 @@ def test_print_config_accepts_the_released_launch_script(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr[-2000:]
     for key in _ignored(lines):
         assert proc.stderr.count(f"config: {key} (override) accepted and ignored") == 1, key
-    assert proc.stderr.count("accepted and ignored") == len(_ignored(lines)) == 24
+    assert proc.stderr.count("accepted and ignored") == len(_ignored(lines)) == 23
     assert "error" not in proc.stderr.lower()
     d = yaml.safe_load(proc.stdout)
     o, r, p, g, t, w = d["optim"], d["rollout"], d["protocol"], d["grpo"], d["trainer"], d["reward"]
@@ -120,6 +120,7 @@ def test_print_config_accepts_the_released_launch_script(tmp_path: Path) -> None
         8192,
     )
     assert (r["engine"], r["tool_workers"], d["search"]["top_k"]) == ("vllm", 8, 5)
+    assert r["vllm_gpu_memory_utilization"] == 0.6
     assert (p["max_turns"], p["max_image_searches"], p["max_text_searches"], p["max_searches"]) == (
         3,
         1,

@@ -158,7 +158,7 @@ LEGACY_KEYS: dict[str, Legacy] = {
         only=(True,),
         error="tool-turn tokens are always masked out of the loss; training on them is not supported",
     ),
-    _R + "gpu_memory_utilization": Legacy(note="engine memory options are not configurable here; ignored"),
+    _R + "gpu_memory_utilization": Legacy(("rollout.vllm_gpu_memory_utilization",)),
     _R + "enable_chunked_prefill": Legacy(note=_ENGINE_OPT),
     _R + "enforce_eager": Legacy(note=_ENGINE_OPT),
     _R + "free_cache_engine": Legacy(note=_ENGINE_OPT),
