@@ -325,6 +325,14 @@ def validate(cfg: Config) -> None:
     need(hi is None or hi > 0, f"data.max_pixels={hi} must be > 0 (or null: the model's own)")
     if lo is not None and hi is not None:
         need(lo <= hi, f"data.min_pixels={lo} must be <= data.max_pixels={hi}")
+    errs += reward_protocol_errors(d["reward"], d["protocol"])
+    from mmsearch_r1.search.secrets import REDACTED, find_redacted
+
+    for where in find_redacted(d):
+        errs.append(
+            f"{where} is {REDACTED!r}: secrets are removed when a config is saved; give the key through "
+            "the environment (api_key_env / token_env)"
+        )
     if errs:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errs))
 
