@@ -40,7 +40,7 @@ def _plot_scatter(study: dict[str, Any], path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.5, 5.5))
+    fig = Figure(figsize=(11, 5.5))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for arm, label in ARM_LABEL.items():
@@ -66,7 +66,7 @@ def _plot_scatter(study: dict[str, Any], path: Path) -> Path:
     ax.set_ylim(-0.05, 1.05)
     ax.set_title("Accuracy against search ratio: one point per seed (circles head, triangles tail)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower center", ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: the points stay visible
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     return path
