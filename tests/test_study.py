@@ -133,7 +133,10 @@ def test_study_quick_end_to_end_and_resume(tmp_path):
             assert set(a[g]) == {"acc", "search_ratio", "n"} and 0 <= a[g]["acc"] <= 1
         assert a["head"]["n"] + a["tail"]["n"] == a["all"]["n"] > 0
         ev = json.loads(Path(a["eval"]).read_text())  # the figures are those of the evaluation files
-        assert ev["policy"] == {"direct": "direct", "rag": "rag"}.get(arm, "agent")
+        assert ev["study_arm"] == arm and ev["study_policy"] == {"direct": "direct", "rag": "rag"}.get(
+            arm, "agent"
+        )
+        assert ev["protocol"]["max_searches"] == {"direct": 0, "rag": 2}.get(arm, 2)
         assert ev["by_source"]["world_tail"]["search_ratio_any"] == a["tail"]["search_ratio"]
         assert set(study["aggregate"][arm]["all"]) == {"acc", "search_ratio"}
     assert run["arms"]["direct"]["all"]["search_ratio"] == 0.0  # no tools
