@@ -3,6 +3,7 @@ configs match the built-in settings; the effect checks."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from mmsearch_r1.cli.demo import EXIT_CHECKS_FAILED, print_outcome
 from mmsearch_r1.config_io import config_to_dict, load_config
-from mmsearch_r1.world.demo import DEMO_OVERRIDES, QUICK_OVERRIDES, STAGES, effect_checks
+from mmsearch_r1.world.demo import DEMO_OVERRIDES, QUICK_OVERRIDES, STAGES, effect_checks, failed_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +53,9 @@ def test_demo_quick_end_to_end(tmp_path):
         "head_search_drops_30pct",
         "tail_search_ratio_at_least_90pct",
     }
+    assert summary["failed_checks"] == failed_checks(summary)
+    assert ("checks: all hold" in proc.stdout) is (not summary["failed_checks"])  # quick: listed, exit 0
+    assert all(f"  - {line}" in proc.stdout for line in summary["failed_checks"])
     assert set(STAGES) | {"total"} == set(summary["wall_s"])
     assert summary["sft"]["steps"] == int(dict(o.split("=") for o in QUICK_OVERRIDES)["sft.max_steps"])
     assert summary["grpo"]["steps"] == int(dict(o.split("=") for o in QUICK_OVERRIDES)["trainer.total_steps"])
@@ -107,3 +112,49 @@ def test_effect_checks():
     assert bad["head_search_drop_relative"] == 0.2 and bad["head_search_drops_30pct"] is False
     assert bad["tail_search_ratio_at_least_90pct"] is False
     assert effect_checks(_fig(1, 0, 1, 1), _fig(1, 0, 1, 1))["head_search_drop_relative"] == 0.0
+
+
+def _summary(before, after):
+    return {"before": before, "after": after, "checks": effect_checks(before, after)}
+
+
+def test_failed_checks_name_each_failing_check_with_its_figures():
+    s = _summary(_fig(0.8, 0.5, 0.6, 0.9), _fig(0.8, 0.4, 0.5, 0.85))
+    lines = failed_checks(s)
+    assert [line.split(":")[0] for line in lines] == [
+        "accuracy_not_lower",
+        "accuracy_rises_head_or_tail",
+        "head_search_drops_30pct",
+        "tail_search_ratio_at_least_90pct",
+    ]
+    assert "tail 60.0% -> 50.0%" in lines[0]
+    assert "50.0% -> 40.0%" in lines[2] and "20% relative drop" in lines[2]
+    assert "85.0%" in lines[3]
+    assert failed_checks(_summary(_fig(0.8, 0.5, 0.6, 0.9), _fig(0.9, 0.2, 0.6, 0.95))) == []
+
+
+@pytest.mark.parametrize(
+    ("after", "quick", "status"),
+    [
+        (_fig(0.9, 0.2, 0.6, 0.95), False, 0),
+        (_fig(0.9, 0.2, 0.5, 0.95), False, EXIT_CHECKS_FAILED),
+        (_fig(0.9, 0.2, 0.5, 0.95), True, 0),
+    ],
+)
+def test_demo_output_lists_failed_checks_and_sets_exit_status(after, quick, status):
+    s = _summary(_fig(0.8, 0.5, 0.6, 0.9), after)
+    buf = io.StringIO()
+    rc = print_outcome(
+        s, {}, quick=quick, elapsed=1.0, report="r/report.md", summary_path="r/summary.json", file=buf
+    )
+    text = buf.getvalue()
+    assert rc == status
+    if failed_checks(s):
+        assert "checks FAILED: 1 of 4" in text
+        assert (
+            "  - accuracy_not_lower: accuracy fell: all 70.0% -> 70.0%, head 80.0% -> 90.0%, tail 60.0% -> 50.0%"
+            in text
+        )
+        assert ("smoke run" in text) is quick
+    else:
+        assert "checks: all hold" in text and "FAILED" not in text

@@ -17,6 +17,7 @@ import sys
 # Command modules in help order. A module that is not present is skipped.
 COMMAND_MODULES = [
     "demo",
+    "study",
     "world",
     "model",
     "data",

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TextIO
+
+EXIT_CHECKS_FAILED = 3  # a default run finished but the expected effect did not show (docs/demo.md)
 
 _TITLES = {
     "world": "1/7 build the world",
@@ -56,31 +59,67 @@ def _demo(args: argparse.Namespace) -> int:
     finally:
         for bar in bars.values():
             bar.close()  # type: ignore[attr-defined]
-    s = result.summary
-    print()
-    print(
-        f"mmsearch-r1 demo finished in {time.perf_counter() - t0:.0f} s ({'quick' if args.quick else 'default'} run)"
+    return print_outcome(
+        result.summary,
+        result.paths,
+        quick=args.quick,
+        elapsed=time.perf_counter() - t0,
+        report=result.report_path,
+        summary_path=result.summary_path,
     )
-    print()
-    print(f"{'test questions':24s} {'accuracy SFT -> GRPO':>22s} {'search ratio SFT -> GRPO':>26s}")
+
+
+def print_outcome(
+    s: dict,
+    paths: dict,
+    *,
+    quick: bool,
+    elapsed: float,
+    report: object,
+    summary_path: object,
+    file: TextIO | None = None,
+) -> int:
+    """Print the closing table, the checks that failed (each with its figures) and the paths; return the exit
+    status: 0, or EXIT_CHECKS_FAILED when a check failed in a default run (a quick run cannot show the effect,
+    so its failed checks are listed but do not change the status)."""
+    from mmsearch_r1.world.demo import CHECK_NAMES, failed_checks
+
+    out = file or sys.stdout
+
+    def say(line: str = "") -> None:
+        print(line, file=out)
+
+    say()
+    say(f"mmsearch-r1 demo finished in {elapsed:.0f} s ({'quick' if quick else 'default'} run)")
+    say()
+    say(f"{'test questions':24s} {'accuracy SFT -> GRPO':>22s} {'search ratio SFT -> GRPO':>26s}")
     for g, label in (("head", "head (search-free)"), ("tail", "tail (search-required)"), ("all", "all")):
         b, a = s["before"][g], s["after"][g]
-        print(
+        say(
             f"{label:24s} {b['acc']:>10.1%} -> {a['acc']:>7.1%}   {b['search_ratio']:>12.1%} -> {a['search_ratio']:>7.1%}"
         )
-    print()
+    say()
     c = s["checks"]
-    print(
+    say(
         f"head search ratio change: {-c['head_search_drop_relative']:+.0%} relative; "
         f"tail search ratio after GRPO: {s['after']['tail']['search_ratio']:.0%}"
     )
-    print()
-    print(f"report:       {result.report_path}")
-    print(f"summary:      {result.summary_path}")
+    failed = failed_checks(s)
+    say()
+    if not failed:
+        say("checks: all hold (summary.json: checks)")
+    else:
+        note = " (a quick run is a smoke run: it is not expected to show the effect)" if quick else ""
+        say(f"checks FAILED: {len(failed)} of {len(CHECK_NAMES)}{note}")
+        for line in failed:
+            say(f"  - {line}")
+    say()
+    say(f"report:       {report}")
+    say(f"summary:      {summary_path}")
     for key in ("curves", "before_after", "model_grpo", "world"):
-        if key in result.paths:
-            print(f"{key + ':':13s} {result.paths[key]}")
-    return 0
+        if key in paths:
+            say(f"{key + ':':13s} {paths[key]}")
+    return EXIT_CHECKS_FAILED if failed and not quick else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
