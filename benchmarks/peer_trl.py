@@ -16,7 +16,10 @@ Configurations:
   (`rollout.ForcedActionEngine`), our agent loop and tools. TRL: its tool-calling path (`tools=`, chat template
   with tool schemas, `<tool_call>` JSON parsed by TRL, tool turns appended and generation re-run), forced by a
   logits processor; its tools call the same search backends (the image tool searches with a fixed question
-  image, as TRL tools receive only their arguments) and return the thumbnails as images plus the titles.
+  image, as TRL tools receive only their arguments) and return text only: with images in a tool result and an
+  image in the prompt, TRL 1.16 fails (TypeError in Qwen2.5-VL's `get_rope_index`: no image grid), so TRL's
+  image search returns the result titles without the thumbnails. TRL therefore has less work here (no
+  thumbnail image tokens, no vision forward for them) than we do.
 - `multi_latency`: `multi` with every tool call taking 0.5 s more (a sleep in the tool, both sides).
 
 Phases. Ours: `perf/time_rollout_s` (generation + tools + reward), `perf/time_logprob_s` (the separate old-log-prob
@@ -157,6 +160,9 @@ def run_ours(
     }
     med["response_tokens"] = statistics.median(r["rollout/response_tokens_mean"] for r in rows)
     med["turns"] = statistics.median(r["rollout/turns_mean"] for r in rows)
+    med["seq_tokens"] = statistics.median(
+        r["perf/tokens_per_s"] * r["perf/time_step_s"] / (PROMPTS * N) for r in rows
+    )  # prompt + response tokens a trajectory, as trained
     return med
 
 
@@ -174,6 +180,18 @@ def trl_processor(model: Path, with_tools: bool) -> Any:
             self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
             ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
             self.video_processor = None
+
+        def __call__(
+            self, *a, **kw
+        ):  # the PIL image processor answers numpy arrays; TRL's tool loop wants tensors
+            import numpy as np
+            import torch
+
+            out = super().__call__(*a, **kw)
+            for k in ("pixel_values", "image_grid_thw"):
+                if isinstance(out.get(k), np.ndarray):
+                    out[k] = torch.from_numpy(out[k])
+            return out
 
     tok = AutoTokenizer.from_pretrained(model)
     if with_tools:
@@ -257,22 +275,21 @@ def run_trl(config: str, world: Any, model: Path, root: Path, repeats: int, samp
         probe = samples[0]
         delay = plan["latency"]
 
-        def parts(result) -> list[dict[str, Any]]:
-            return [
-                {"type": "text", "text": p} if isinstance(p, str) else {"type": "image", "image": p}
-                for p in result.parts
-            ]
+        def parts(
+            result,
+        ) -> str:  # TRL 1.16 fails on image parts in a tool result when the prompt has an image
+            return "\n".join(p for p in result.parts if isinstance(p, str))
 
-        def image_search() -> list:
+        def image_search() -> str:
             """Search the web for pages with pictures like the question's picture.
 
             Returns:
-                Thumbnails and titles of the matching pages.
+                Titles of the matching pages.
             """
             time.sleep(delay)
             return parts(ours["image_search"](None, probe))
 
-        def text_search(query: str) -> list:
+        def text_search(query: str) -> str:
             """Search the web for text pages.
 
             Args:
@@ -368,7 +385,12 @@ def run_trl(config: str, world: Any, model: Path, root: Path, repeats: int, samp
     trainer.train()
     timed = steps[1:]
     med = {k: statistics.median(s[k] for s in timed) for k in ("generate", "score", "update", "step")}
-    logs = [h for h in trainer.state.log_history if "completions/mean_length" in h][1:]
+    logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
+    seen = [0.0] + [float(h["num_tokens"]) for h in logs]
+    med["seq_tokens"] = statistics.median(
+        (b - a) / (PROMPTS * N) for a, b in zip(seen[1:-1], seen[2:], strict=True)
+    )
+    logs = logs[1:]
     if logs:
         med["completion_tokens"] = statistics.median(h["completions/mean_length"] for h in logs)
     calls = [h["tools/call_frequency"] for h in logs if "tools/call_frequency" in h]
@@ -416,8 +438,10 @@ def main() -> int:
             print(
                 f"{'step':10s} {ours['step']:8.3f}   {peer['step']:8.3f}   TRL/ours {peer['step'] / ours['step']:.2f}x"
             )
-            print(f"ours: {ours['turns']:.2f} turns, {ours['response_tokens']:.0f} response tokens a trajectory; "
-                  f"TRL: {peer.get('completion_tokens', float('nan')):.0f} completion tokens"
+            print(f"ours: {ours['turns']:.2f} turns, {ours['response_tokens']:.0f} response tokens, "
+                  f"{ours['seq_tokens']:.0f} sequence tokens a trajectory; "
+                  f"TRL: {peer.get('completion_tokens', float('nan')):.0f} completion tokens, "
+                  f"{peer['seq_tokens']:.0f} sequence tokens"
                   + (f", {peer['tool_calls']:.2f} tool calls" if "tool_calls" in peer else ""))  # fmt: skip
             out[c] = {"ours": ours, "trl": peer}
             out[f"speedup/{c}"] = round(peer["step"] / ours["step"], 3)
