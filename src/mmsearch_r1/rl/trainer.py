@@ -16,7 +16,9 @@ contiguous share of the step's prompts):
    rolled out until every rank has its share of informative groups, at most `grpo.dynamic_sampling_max_rounds`
    rounds; the step then trains on what it has (possibly fewer groups).
 5. Old log-probs: recomputed by the trainer with the same forward as the update (`rl.batch.PolicyForward`, the
-   sampling temperature); the gap to the engine's recorded log-probs is logged as `rollout/logprob_diff_max`.
+   sampling temperature), in a pass of their own when `old_logprob_pass_needed` (more than one PPO epoch or
+   mini-batch), else taken detached from the update's own forward; the gap to the engine's recorded log-probs
+   is logged as `rollout/logprob_diff_max`.
 6. Reference log-probs: only when `grpo.kl_coef > 0` (the reference model is never built otherwise); it is a
    frozen copy of the starting weights in `model.compute_dtype`, FSDP-sharded like the policy (rl/setup.py).
 7. Update: `trainer.prompts_per_step / trainer.mini_batch_prompts` optimizer steps per epoch (`grpo.ppo_epochs`),
@@ -103,6 +105,16 @@ def _missing_paths(cfg: Config) -> list[str]:
             if isinstance(spec, dict) and spec.get(key) and not Path(spec[key]).exists():
                 errs.append(f"search.{where}.{key}={spec[key]!r}: no such directory")
     return errs
+
+
+def old_logprob_pass_needed(cfg: Config) -> bool:
+    """Whether the old log-probs need a forward of their own before the update.
+
+    Not with one PPO epoch and one mini-batch per step: the update's only forward then runs on the weights that
+    sampled, so its detached log-probs are the old ones (the ratio is exactly 1) and a separate pass could not
+    change the result. With more epochs or mini-batches the weights move between optimizer steps, and the old
+    log-probs must come from before the first one."""
+    return cfg.grpo.ppo_epochs > 1 or cfg.trainer.mini_batch_prompts < cfg.trainer.prompts_per_step
 
 
 def _score(trajs, samples_by_id, cfg: Config, step: int) -> list[Any]:
@@ -302,21 +314,22 @@ def train(
             return (bs[k], 1.0) if k < len(batches[i]) else (bs[-1], 0.0)
 
         # ================================================================ old (and reference) log-probs
+        separate_old = old_logprob_pass_needed(cfg)  # else the update's own forward gives them (see there)
         t0 = time.perf_counter()
         old_lp, ref_lp, diff = {}, {}, 0.0
-        with torch.no_grad():
-            for i, k_max in enumerate(n_micro):
-                for k in range(k_max):
-                    b, w = micro(i, k)
-                    lp, _ = policy(b)
-                    rlp = ref(b)[0] if ref is not None else None  # (collective when sharded: every rank)
-                    if w:
-                        old_lp[(i, k)] = lp.detach()
-                        diff = max(diff, float(((lp - b["engine_logp"]).abs() * b["mask"]).max()))
-                        if rlp is not None:
+        if separate_old or ref is not None:
+            with torch.no_grad():
+                for i, k_max in enumerate(n_micro):
+                    for k in range(k_max):
+                        b, w = micro(i, k)
+                        lp = policy(b)[0] if separate_old else None
+                        rlp = ref(b)[0] if ref is not None else None  # (collective when sharded: every rank)
+                        if w and lp is not None:
+                            old_lp[(i, k)] = lp.detach()
+                            diff = max(diff, float(((lp - b["engine_logp"]).abs() * b["mask"]).max()))
+                        if w and rlp is not None:
                             ref_lp[(i, k)] = rlp.detach()
         metrics["perf/time_logprob_s"] = time.perf_counter() - t0
-        metrics["rollout/logprob_diff_max"] = max(D.all_gather_objects(diff, info))
         # ================================================================ mini-batch updates
         t0 = time.perf_counter()
         model.train()  # (gradient checkpointing applies in train mode)
@@ -338,7 +351,12 @@ def train(
                     b, w = micro(i, k)
                     logp, ent = policy(b, with_entropy=True)
                     key = (i, k) if w else None
-                    old = old_lp[key] if key else logp.detach()
+                    if separate_old:
+                        old = old_lp[key] if key else logp.detach()
+                    else:  # the weights that sampled: these are the old log-probs, ratio exactly 1
+                        old = logp.detach()
+                        if w:
+                            diff = max(diff, float(((old - b["engine_logp"]).abs() * b["mask"]).max()))
                     loss, st = grpo_loss(
                         logp,
                         old,
@@ -373,6 +391,7 @@ def train(
                 gen_engine.wake_up()
             gen_engine.load_weights(D.iter_full_params(policy, info))
         metrics["perf/time_update_s"] = time.perf_counter() - t0
+        metrics["rollout/logprob_diff_max"] = max(D.all_gather_objects(diff, info))
         # ================================================================ log
         names = list(sums)
         red = dict(zip(names, D.all_reduce_sums([sums[k] for k in names], info), strict=True))
