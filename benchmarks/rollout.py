@@ -196,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         model, renderer = build_byte_vlm(args.seed, init_range=0.02)
         samples = [
             Sample(
-                f"p{i}", f"What is object {i}?", [png(Image.new("RGB", (56, 56), colors[i % 8]))], Answers("x")
+                f"p{i}",
+                f"What is object {i}?",
+                [png(Image.new("RGB", (56, 56), colors[i % 8]))],
+                Answers("x"),
             )
             for i in range(args.prompts)
         ]
@@ -249,7 +252,9 @@ def tokens_per_s(vllm: Any, hf: Any, renderer: Any, seed: int) -> dict[str, floa
     from mmsearch_r1.types import Message
 
     reqs = [
-        GenerationRequest(renderer.render([Message("user", [f"What is object {i}?"])]).input_ids, 64, key=f"t{i}")
+        GenerationRequest(
+            renderer.render([Message("user", [f"What is object {i}?"])]).input_ids, 64, key=f"t{i}"
+        )
         for i in range(32)
     ]
     out: dict[str, float] = {}
@@ -354,7 +359,9 @@ def report(args: argparse.Namespace, results: dict, throughput: dict[str, float]
     target = 1.25 if args.engine == "hf" else 1.1
     print(f"async / bound = {a['wall_s'] / a['bound_s']:.3f} (target <= {target})")
     if throughput:
-        print(f"generated tokens/s, same 32 requests: vllm {throughput['vllm']:.0f}, hf {throughput['hf']:.0f}")
+        print(
+            f"generated tokens/s, same 32 requests: vllm {throughput['vllm']:.0f}, hf {throughput['hf']:.0f}"
+        )
     print(f"round_sync / async = {r['wall_s'] / a['wall_s']:.3f} (target >= 1.5)")
     print(
         json.dumps(
@@ -372,7 +379,11 @@ def report(args: argparse.Namespace, results: dict, throughput: dict[str, float]
                 "async_over_bound": round(a["wall_s"] / a["bound_s"], 4),
                 "round_sync_over_async": round(r["wall_s"] / a["wall_s"], 4),
                 "finish_reasons": a["finish"],
-                **({"gen_tokens_per_s": {k: round(v, 1) for k, v in throughput.items()}} if throughput else {}),
+                **(
+                    {"gen_tokens_per_s": {k: round(v, 1) for k, v in throughput.items()}}
+                    if throughput
+                    else {}
+                ),
             }
         )
     )

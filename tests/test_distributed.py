@@ -65,7 +65,12 @@ def test_two_process_fsdp2_matches_one_process(tiny_model_dir, tmp_path, compute
     script = tmp_path / "run_train.py"
     script.write_text(SCRIPT.format(root=str(ROOT)))
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    _run([sys.executable, str(script)], _overrides(tiny_model_dir, world, tmp_path / "one", compute), tmp_path, "one")
+    _run(
+        [sys.executable, str(script)],
+        _overrides(tiny_model_dir, world, tmp_path / "one", compute),
+        tmp_path,
+        "one",
+    )
     _run(
         [torchrun, "--standalone", "--nproc_per_node", "2", str(script)],
         _overrides(tiny_model_dir, world, tmp_path / "two", compute),

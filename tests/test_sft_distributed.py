@@ -81,7 +81,9 @@ def test_two_process_sft_matches_one_process_in_mixed_precision(tiny_model_dir, 
         d1, d2 = p1[k] - start[k], p2[k] - start[k]
         moved += bool(d1.abs().max() > 0)
         assert torch.allclose(d1, d2, rtol=1e-2, atol=1e-2 * float(d1.abs().max())), k
-    assert moved >= 0.9 * len(p1)  # (with eps=1 the tiniest norm-weight updates fall below fp32's step at 1.0)
+    assert moved >= 0.9 * len(
+        p1
+    )  # (with eps=1 the tiniest norm-weight updates fall below fp32's step at 1.0)
     final = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
     assert {v.dtype for v in final.values()} == {torch.bfloat16}  # exported in the compute dtype
     for k in final:

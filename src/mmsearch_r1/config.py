@@ -59,7 +59,9 @@ class ModelConfig:
     path: str = ""
     # master weights, gradients and optimizer state | forward/backward compute (rl/precision.py, docs/memory.md)
     param_dtype: str = "float32"  # float32 | bfloat16 | float16
-    compute_dtype: str = "float32"  # float32 | bfloat16 | float16; narrower than param_dtype = mixed precision
+    compute_dtype: str = (
+        "float32"  # float32 | bfloat16 | float16; narrower than param_dtype = mixed precision
+    )
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
 
@@ -93,7 +95,9 @@ class RolloutConfig:
     schedule: str = "async"  # async (tools overlap generation) | round_sync (all generate, then all tools)
     min_turn_tokens: int = 8  # a tool turn is appended only if this many response tokens remain after it
     coalesce_s: float = 0.01  # async: tool results arriving within this gap of each other join one batch
-    vllm_gpu_memory_utilization: float = 0.5  # engine=vllm: share of GPU memory it takes (CPU: of host memory)
+    vllm_gpu_memory_utilization: float = (
+        0.5  # engine=vllm: share of GPU memory it takes (CPU: of host memory)
+    )
 
 
 @dataclass
@@ -138,7 +142,9 @@ class TrainerConfig:
     micro_batch_size: int = 4  # trajectories per forward/backward
     val_every: int = 10
     val_before_train: bool = True
-    val_only: bool = False  # evaluate the starting policy on data.val_files, save every generation, no training
+    val_only: bool = (
+        False  # evaluate the starting policy on data.val_files, save every generation, no training
+    )
     val_only_save_dir: str = ""  # where val_only writes its generations ("" = RUN_DIR/val_only)
     save_every: int = 10
     keep_last: int = 2
@@ -164,7 +170,9 @@ class SFTConfig:
     batch_size: int = 8  # conversations per optimizer step
     micro_batch_size: int = 4  # conversations per forward/backward
     lr: float = 1e-5
-    max_length: int = 4096  # tokens; longer conversations are cut after the last whole assistant turn that fits
+    max_length: int = (
+        4096  # tokens; longer conversations are cut after the last whole assistant turn that fits
+    )
     shuffle: bool = True
     save_every: int = 0  # checkpoint every N steps (0: only at the end)
     log_every: int = 1

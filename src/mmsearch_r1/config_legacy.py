@@ -205,9 +205,12 @@ LEGACY_KEYS: dict[str, Legacy] = {
     "trainer.search_penalty_warmup_steps": Legacy(("reward.penalty_warmup_steps",)),
     # this project's own former keys
     "model.dtype": Legacy(
-        ("model.param_dtype", "model.compute_dtype"), doc="this project's former key: sets both (docs/memory.md)"
+        ("model.param_dtype", "model.compute_dtype"),
+        doc="this project's former key: sets both (docs/memory.md)",
     ),
-    "model.trust_remote_code": Legacy(note="only the built-in Qwen-VL classes are loaded; no remote code runs"),
+    "model.trust_remote_code": Legacy(
+        note="only the built-in Qwen-VL classes are loaded; no remote code runs"
+    ),
 }
 UNSUPPORTED_PREFIXES: dict[str, str] = {
     "critic.": "GRPO has no critic model",

@@ -68,7 +68,9 @@ def check_sft_config(cfg: Config, world_size: int = 1) -> None:
     s = cfg.sft
     errs = []
     if s.batch_size % world_size:
-        errs.append(f"sft.batch_size={s.batch_size} must be divisible by the number of processes ({world_size})")
+        errs.append(
+            f"sft.batch_size={s.batch_size} must be divisible by the number of processes ({world_size})"
+        )
     if not s.train_files:
         errs.append("sft.train_files is empty: give at least one conversations JSONL or parquet file")
     if not cfg.model.path:
@@ -181,7 +183,9 @@ def run_sft(
         picked = [next(stream) for _ in range(s.batch_size)]
         data_pos += s.batch_size
         items = [data[i] for _, i in picked]
-        n_tokens = sum(sum(it.loss_mask) for it in items)  # of the whole step (every rank sees the same picks)
+        n_tokens = sum(
+            sum(it.loss_mask) for it in items
+        )  # of the whole step (every rank sees the same picks)
         mine = items[info.rank * share : (info.rank + 1) * share]
 
         # -- forward/backward over micro-batches, normalized by the step's token count ---------------------
@@ -227,7 +231,9 @@ def run_sft(
     if logger is not None:
         logger.close()
     gen = setup.gen_model
-    if setup.separate_gen_copy:  # under FSDP: the unsharded copy takes the trained weights, one tensor at a time
+    if (
+        setup.separate_gen_copy
+    ):  # under FSDP: the unsharded copy takes the trained weights, one tensor at a time
         with torch.no_grad():
             own = dict(gen.named_parameters()) | dict(gen.named_buffers())
             for name, t in D.iter_full_params(policy, info):
