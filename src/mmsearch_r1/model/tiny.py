@@ -75,12 +75,30 @@ def _template() -> str:
     return (Path(__file__).with_name("chat_template.jinja")).read_text(encoding="utf-8")
 
 
+def build_tiny_tokenizer(lines: list[str], vocab_size: int) -> Any:
+    """A fast tokenizer trained on `lines` (deterministic), with the special tokens and the chat template."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(lines, vocab_size),
+        eos_token=TOKEN_TEXTS["im_end"],
+        pad_token=TOKEN_TEXTS["endoftext"],
+        bos_token=None,
+        unk_token=None,
+        additional_special_tokens=[t for k, t in TOKEN_TEXTS.items() if k not in ("im_end", "endoftext")],
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = _template()
+    return tokenizer
+
+
 def build_tiny_model(
     out_dir: str | Path, seed: int = 0, corpus: str | Path | None = None, sizes: TinySizes | None = None
 ) -> Path:
     """Write a tiny Qwen2.5-VL (tokenizer, image processor, weights) to `out_dir` and return its path."""
     import torch
-    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     s = sizes or TinySizes()
@@ -94,18 +112,7 @@ def build_tiny_model(
         lines += cp.read_text(encoding="utf-8").splitlines()
 
     # -- tokenizer --------------------------------------------------------------------------------------------
-    raw = _train_tokenizer(lines, s.vocab_size)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        eos_token=TOKEN_TEXTS["im_end"],
-        pad_token=TOKEN_TEXTS["endoftext"],
-        bos_token=None,
-        unk_token=None,
-        additional_special_tokens=[t for k, t in TOKEN_TEXTS.items() if k not in ("im_end", "endoftext")],
-        model_max_length=32768,
-        clean_up_tokenization_spaces=False,
-    )
-    tokenizer.chat_template = _template()
+    tokenizer = build_tiny_tokenizer(lines, s.vocab_size)
     vocab = tokenizer.get_vocab()
     ids = {k: vocab[t] for k, t in TOKEN_TEXTS.items()}
 

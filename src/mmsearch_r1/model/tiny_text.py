@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mmsearch_r1.model.special_tokens import TOKEN_TEXTS
-from mmsearch_r1.model.tiny import _BUILTIN_CORPUS, _template, _train_tokenizer
+from mmsearch_r1.model.tiny import _BUILTIN_CORPUS, build_tiny_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class TinyTextSizes:
 def build_tiny_text_model(out_dir: str | Path, seed: int = 0, sizes: TinyTextSizes | None = None) -> Path:
     """Write a tiny Qwen2ForCausalLM (tokenizer, weights; no image processor) to `out_dir`; returns its path."""
     import torch
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     s = sizes or TinyTextSizes()
     if s.hidden // s.heads < 32:
@@ -45,17 +45,7 @@ def build_tiny_text_model(out_dir: str | Path, seed: int = 0, sizes: TinyTextSiz
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = _BUILTIN_CORPUS.splitlines()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_train_tokenizer(lines, s.vocab_size),
-        eos_token=TOKEN_TEXTS["im_end"],
-        pad_token=TOKEN_TEXTS["endoftext"],
-        bos_token=None,
-        unk_token=None,
-        additional_special_tokens=[t for k, t in TOKEN_TEXTS.items() if k not in ("im_end", "endoftext")],
-        model_max_length=32768,
-        clean_up_tokenization_spaces=False,
-    )
-    tokenizer.chat_template = _template()
+    tokenizer = build_tiny_tokenizer(lines, s.vocab_size)
     vocab = tokenizer.get_vocab()
     cfg = Qwen2Config(
         vocab_size=len(vocab),
