@@ -28,23 +28,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     hf_logging.disable_progress_bar()  # the demo shows its own bars; no per-file save/load bars
 
-    from mmsearch_r1.cli.progress import progress_bar as tqdm  # plain lines when stderr is not a terminal
+    from mmsearch_r1.cli.progress import StageBars  # plain lines when stderr is not a terminal
 
-    bars: dict[str, object] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if args.no_progress or tqdm is None:
-            return
-        bar = bars.get(stage)
-        if bar is None:
-            for other in bars.values():
-                other.close()  # type: ignore[attr-defined]
-            bars.clear()
-            bar = bars[stage] = tqdm(total=total, desc=_TITLES.get(stage, stage), file=sys.stderr, leave=True)
-        if bar.total != total:  # type: ignore[attr-defined]
-            bar.total = total  # type: ignore[attr-defined]
-        bar.n = done  # type: ignore[attr-defined]
-        bar.refresh()  # type: ignore[attr-defined]
+    progress = StageBars(_TITLES, enabled=not args.no_progress)
 
     t0 = time.perf_counter()
     try:
@@ -57,8 +43,7 @@ def _demo(args: argparse.Namespace) -> int:
             progress=progress,
         )
     finally:
-        for bar in bars.values():
-            bar.close()  # type: ignore[attr-defined]
+        progress.close()
     return print_outcome(
         result.summary,
         result.paths,

@@ -103,3 +103,32 @@ class _Null:
 
     def flush(self) -> None:
         pass
+
+
+class StageBars:
+    """One bar per named stage, the previous closed when a new stage starts: `bars(stage, done, total)`.
+
+    Used as the `progress` callback of the demo and the study; `titles` maps a stage to its bar's label;
+    `enabled=False` shows nothing. `close()` closes the open bar (call it in a `finally`)."""
+
+    def __init__(self, titles: dict[str, str] | None = None, enabled: bool = True) -> None:
+        self.titles, self.enabled = titles or {}, enabled
+        self.stage: str | None = None
+        self.bar: Any = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = progress_bar(total=total, desc=self.titles.get(stage, stage), file=sys.stderr)
+        if self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.stage = None, None

@@ -5,41 +5,25 @@ workflow, SFT agent, GRPO) and its search-penalty ablation on the demo's world, 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 
 def _study(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from mmsearch_r1.cli.progress import progress_bar as tqdm  # plain lines when stderr is not a terminal
+    from mmsearch_r1.cli.progress import StageBars  # plain lines when stderr is not a terminal
     from mmsearch_r1.world.study import parse_seeds, run_study
     from mmsearch_r1.world.study_report import ARM_LABEL, CLAIM_TEXT
 
     seeds = parse_seeds(args.seeds)
     hf_logging.disable_progress_bar()
-    bars: dict[str, object] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if args.no_progress or tqdm is None:
-            return
-        bar = bars.get(stage)
-        if bar is None:
-            for other in bars.values():
-                other.close()  # type: ignore[attr-defined]
-            bars.clear()
-            bar = bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=True)
-        if bar.total != total:  # type: ignore[attr-defined]
-            bar.total = total  # type: ignore[attr-defined]
-        bar.n = done  # type: ignore[attr-defined]
-        bar.refresh()  # type: ignore[attr-defined]
+    progress = StageBars(enabled=not args.no_progress)
 
     t0 = time.perf_counter()
     try:
         study = run_study(args.out, seeds=seeds, quick=args.quick, overrides=args.set, progress=progress)
     finally:
-        for bar in bars.values():
-            bar.close()  # type: ignore[attr-defined]
+        progress.close()
     print()
     print(f"mmsearch-r1 study finished in {time.perf_counter() - t0:.0f} s (seeds {args.seeds})")
     print()
