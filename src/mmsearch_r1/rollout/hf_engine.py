@@ -1,23 +1,32 @@
-"""`HFEngine`: the default generation engine, transformers `generate` on a Qwen2.5-VL-style model (CPU or GPU).
+"""`HFEngine`: the default generation engine, a decode loop over a transformers Qwen2.5-VL-style model (CPU or GPU).
 
-One `generate` call per batch: prompts left-padded with the pad token, images passed as the concatenated
-`pixel_values` / `image_grid_thw` of all requests in order, `mm_token_type_ids` marking the image pad tokens
-(so the model's own rope-index function computes the 3-row mRoPE positions over the whole prompt, images
-anywhere). Generation stops at `<|im_end|>` (looked up by text). Each row is cut after its first `<|im_end|>`
-or at its own `max_new_tokens`; the tokens kept are exactly the ones generated.
+One batch per `generate` call. Each row is prefilled once, then decoded one token per forward; K/V go into a
+preallocated buffer (`hf_cache.BufferLayer`); positions are explicit: the 3-row mRoPE positions of the model's own
+rope-index function (`model.compute_position_ids`) for the prefill, the next text position while decoding.
+Generation stops at `<|im_end|>` (looked up by text) or at the row's own `max_new_tokens`; the tokens kept are
+exactly the ones chosen.
 
-Sampling (`params.greedy` False and temperature > 0): a logits processor draws each row's token from
+KV reuse across turns (`kv_reuse=True`, `rollout.hf_kv_reuse`): after a turn the engine keeps, per trajectory key,
+the ids it has K/V for (the prompt and the turn's tokens fed back), those K/V, the next mRoPE position and how many
+of the request's images they contain (`hf_cache.KVStore`). A later request with the same key whose `prompt_ids`
+start with those ids prefills only the rest (the tool turn's tokens; the vision encoder runs only on its images).
+Anything else is a miss and a full prefill: an unknown key, a prefix that does not match, a `turn_index` 0 request
+(a new trajectory: the key's old entry is dropped), an entry evicted by the byte bound, or changed weights
+(`load_weights`, or an in-place update of the model's parameters seen through their version counters: every entry
+is dropped). `cache_stats` counts hits, misses, prefill tokens saved, evictions and invalidations. A batch mixes
+rows of any cached and new lengths: row i is `[pad][cached c_i][pad][new s_i]`, the attention mask 0 on every pad.
+
+Sampling (`params.greedy` False and temperature > 0): `_RowSampler` draws each row's token from
 `softmax(filter(logits / T))` (top-k, then top-p filtering) with the row's own `torch.Generator`, seeded from
-(params.seed, request.key, request.turn_index), and leaves only that token finite; `generate` then runs in
-greedy mode and picks it. So a trajectory's tokens do not depend on which other requests share its batch
-(up to floating-point differences of padded batches), and the model's `generation_config` (temperature,
-repetition penalty, ...) cannot alter sampling: those fields are set explicitly to neutral values.
+(params.seed, request.key, request.turn_index), one draw per row and step. So a trajectory's tokens do not depend
+on which other requests share its batch (up to floating-point differences of padded batches). The model's
+`generation_config` (temperature, repetition penalty, ...) plays no part. Greedy: the arg-max.
 
-Log-probs: `log_softmax(raw_logits / T)[token]` in float32 from `output_logits=True` (T = 1 for greedy),
-i.e. the tempered, *unfiltered* distribution: top-k/top-p only decide which tokens may be drawn, and so does
-the suppression of the vision tokens (`<|image_pad|>`, `<|vision_start|>`, `<|vision_end|>`, the video pad),
-which are never sampled (a stray image pad in a turn would break the image features of every later turn). The trainer
-recomputes exactly this quantity; `tests/test_rollout_logprobs.py` checks they agree within 1e-4.
+Log-probs: `log_softmax(raw_logits / T)[token]` in float32 (T = 1 for greedy), i.e. the tempered, *unfiltered*
+distribution: top-k/top-p only decide which tokens may be drawn, and so does the suppression of the vision tokens
+(`<|image_pad|>`, `<|vision_start|>`, `<|vision_end|>`, the video pad), which are never chosen (a stray image pad
+in a turn would break the image features of every later turn). The trainer recomputes exactly this quantity;
+`tests/test_rollout_hf.py` and `tests/test_hf_kv_reuse.py` check they agree within 1e-4.
 """
 
 from __future__ import annotations
@@ -29,7 +38,9 @@ from typing import Any
 
 import torch
 
+from mmsearch_r1.model.positions import compute_position_ids
 from mmsearch_r1.rollout.engine import GenerationOutput, GenerationRequest, SamplingParams
+from mmsearch_r1.rollout.hf_cache import KVEntry, KVStore, buffer_cache
 from mmsearch_r1.rollout.rendering import RendererAdapter
 
 log = logging.getLogger(__name__)
@@ -74,14 +85,23 @@ class _RowSampler:
 
 
 class HFEngine:
-    """transformers `generate` behind the `Engine` protocol (see the module docstring)."""
+    """A decode loop behind the `Engine` protocol (see the module docstring).
 
-    def __init__(self, model: Any, renderer: Any) -> None:
+    `kv_reuse`: keep each trajectory's K/V between its turns; `kv_cache_bytes`: the most bytes of K/V kept.
+    """
+
+    def __init__(
+        self, model: Any, renderer: Any, *, kv_reuse: bool = True, kv_cache_bytes: int = 4 << 30
+    ) -> None:
         self.model = model
+        self.kv_reuse = kv_reuse
+        self.store = KVStore(kv_cache_bytes)
+        self._weights_version = self._param_version()
         self.adapter = RendererAdapter(renderer)
         ids = self.adapter.token_ids()
         self.stop_id = ids.im_end
         self.image_pad_id = ids.image_pad
+        self.merge = ids.merge_size
         self.pad_id = self.adapter._special("endoftext", "<|endoftext|>")
         # vision tokens are never sampled: a stray image pad would break every later turn's image features
         self.suppressed = [ids.image_pad, ids.vision_start, ids.vision_end]
@@ -118,88 +138,197 @@ class HFEngine:
                 )
             dst.copy_(t.to(device=dst.device, dtype=dst.dtype))
             n += 1
+        self.store.clear()  # K/V of the old weights
+        self._weights_version = self._param_version()
         return n
 
-    def _images(self, requests: Sequence[GenerationRequest]) -> tuple[Any, Any]:
-        pixels, grids = [], []
-        for req in requests:
-            if req.pixel_values is not None and req.image_grid_thw is not None:
-                pv = req.pixel_values if isinstance(req.pixel_values, list) else [req.pixel_values]
-                gr = req.image_grid_thw if isinstance(req.image_grid_thw, list) else [req.image_grid_thw]
-                pixels += [p for p in pv if p is not None]
-                grids += [torch.as_tensor(g).reshape(-1, 3) for g in gr if g is not None]
-            elif req.images:
-                pv, gr = self.adapter.renderer.encode_images(list(req.images))
-                pixels.append(pv)
-                grids.append(torch.as_tensor(gr).reshape(-1, 3))
-        if not pixels:
-            return None, None
-        dtype = next(self.model.visual.parameters()).dtype if hasattr(self.model, "visual") else None
-        pv = torch.cat([torch.as_tensor(p) for p in pixels]).to(self.device)
-        return (pv.to(dtype) if dtype is not None else pv), torch.cat(grids).to(self.device)
+    @property
+    def cache_stats(self) -> dict[str, int]:
+        """KV reuse counters (`hf_cache.KVStore`), plus the entries and bytes held now."""
+        return {**self.store.stats, "entries": len(self.store), "bytes": self.store.bytes}
+
+    def _param_version(self) -> int:
+        return sum(p._version for p in self.model.parameters())
+
+    def _images(self, req: GenerationRequest, skip: int) -> tuple[int, Any, Any]:
+        """(number of images of the request, pixel values and (k, 3) grids of its images from `skip` on)."""
+        if req.pixel_values is not None and req.image_grid_thw is not None:
+            pv = req.pixel_values if isinstance(req.pixel_values, list) else [req.pixel_values]
+            gr = req.image_grid_thw if isinstance(req.image_grid_thw, list) else [req.image_grid_thw]
+            if len(pv) != len(gr):
+                raise ValueError(f"request {req.key!r}: {len(pv)} pixel_values chunks, {len(gr)} grid chunks")
+            per_image: list[tuple[torch.Tensor, torch.Tensor]] = []
+            for p, g in zip(pv, gr, strict=True):
+                if p is None or g is None:
+                    continue
+                g = torch.as_tensor(g).reshape(-1, 3)
+                p = torch.as_tensor(p)
+                sizes = g.prod(-1).tolist()
+                if sum(sizes) != p.shape[0]:
+                    raise ValueError(
+                        f"request {req.key!r}: pixel_values has {p.shape[0]} patches, its grids {sum(sizes)}"
+                    )
+                per_image += list(zip(torch.split(p, sizes), g, strict=True))
+            rest = per_image[skip:]
+            if not rest:
+                return len(per_image), None, None
+            return len(per_image), torch.cat([p for p, _ in rest]), torch.stack([g for _, g in rest])
+        n = len(req.images)
+        if skip >= n:
+            return n, None, None
+        pv, gr = self.adapter.renderer.encode_images(list(req.images[skip:]))
+        return n, torch.as_tensor(pv), torch.as_tensor(gr).reshape(-1, 3)
+
+    def _row(self, req: GenerationRequest) -> dict[str, Any]:
+        """What row `req` prefills: the cache entry it continues (or None), its new ids, images and positions."""
+        entry = self.store.lookup(req.key, req.prompt_ids, req.turn_index) if self.kv_reuse else None
+        c = len(entry.ids) if entry is not None else 0
+        new = list(req.prompt_ids[c:])
+        n_images, pv, grid = self._images(req, entry.n_images if entry is not None else 0)
+        pads = sum(1 for t in new if t == self.image_pad_id)
+        want = int(grid.prod(-1).sum()) // self.merge**2 if grid is not None else 0
+        if pads != want:
+            where = f"after the {c} cached tokens" if entry is not None else "in the prompt"
+            raise ValueError(
+                f"request {req.key!r} turn {req.turn_index}: {pads} image pad tokens {where}, "
+                f"but its images give {want}"
+            )
+        ids = torch.tensor([new], dtype=torch.long)
+        pos = compute_position_ids(self.model, ids, grid)  # (3, 1, s), or (1, s) for a text-only model
+        pos = pos[:, 0] if pos.dim() == 3 else pos
+        if entry is not None:  # the rope index is shift-invariant: continue from where the row left off
+            pos = pos + entry.next_pos
+        return {"entry": entry, "new": new, "n_images": n_images, "pv": pv, "grid": grid, "pos": pos}
+
+    def _check_weights(self) -> None:
+        """Drop every cached K/V if the model's parameters were changed in place since the last call."""
+        v = self._param_version()
+        if v != self._weights_version:
+            self.store.clear()
+            self._weights_version = v
 
     @torch.no_grad()
     def generate(
         self, requests: Sequence[GenerationRequest], params: SamplingParams
     ) -> list[GenerationOutput]:
-        from transformers import GenerationConfig, LogitsProcessorList
-
         if not requests:
             return []
-        max_new = max(r.max_new_tokens for r in requests)
         if min(r.max_new_tokens for r in requests) < 1:
             raise ValueError("every request needs max_new_tokens >= 1")
-        width = max(len(r.prompt_ids) for r in requests)
-        input_ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(requests), width), dtype=torch.long)
-        for i, r in enumerate(requests):
-            input_ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, dtype=torch.long)
-            attention[i, width - len(r.prompt_ids) :] = 1
-        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
-        pixel_values, grid = self._images(requests)
+        for r in requests:
+            if not r.prompt_ids:
+                raise ValueError(f"request {r.key!r} turn {r.turn_index}: empty prompt_ids")
+        if self.kv_reuse:
+            self._check_weights()
+        rows = [self._row(r) for r in requests]
+        dev = self.device
+        B, n_rows = len(rows), rows[0]["pos"].shape[0]
+        cached = [len(x["entry"].ids) if x["entry"] is not None else 0 for x in rows]
+        C, S = max(cached), max(len(x["new"]) for x in rows)
+        max_new = max(r.max_new_tokens for r in requests)
+        cap = C + S + max_new
+        ids = torch.full((B, S), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, cap), dtype=torch.long)
+        pos = torch.zeros((n_rows, B, S), dtype=torch.long)
+        n_layers = self.model.config.get_text_config().num_hidden_layers
+        preload: list[list[tuple]] = [[] for _ in range(n_layers)]
+        for i, (x, c) in enumerate(zip(rows, cached, strict=True)):
+            s = len(x["new"])
+            ids[i, S - s :] = torch.tensor(x["new"], dtype=torch.long)
+            mask[i, C - c : C] = 1
+            mask[i, C + S - s : C + S] = 1
+            pos[:, i, S - s :] = x["pos"]
+            if x["entry"] is not None:
+                for li, (k, v) in enumerate(x["entry"].kv):
+                    preload[li].append((i, C - c, k, v))
+        next_pos = pos[:, :, -1].max(0).values + 1  # (B,): every row's last new token is a real one
+        ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
+        cache = buffer_cache(n_layers, cap, C, preload)
+        kwargs: dict[str, Any] = {}
+        pvs = [x["pv"] for x in rows if x["pv"] is not None]
+        if pvs:
+            dtype = next(self.model.visual.parameters()).dtype if hasattr(self.model, "visual") else None
+            pv = torch.cat(pvs).to(dev)
+            kwargs["pixel_values"] = pv.to(dtype) if dtype is not None else pv
+            kwargs["image_grid_thw"] = torch.cat([x["grid"] for x in rows if x["grid"] is not None]).to(dev)
 
-        gen_cfg = GenerationConfig(
-            max_new_tokens=max_new,
-            do_sample=False,
-            num_beams=1,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=None,
-            repetition_penalty=1.0,
-            no_repeat_ngram_size=0,
-            suppress_tokens=self.suppressed,
-            eos_token_id=self.stop_id,
-            pad_token_id=self.pad_id,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
+        def forward(inp: torch.Tensor, length: int, p: torch.Tensor, **kw: Any) -> torch.Tensor:
+            out = self.model(
+                input_ids=inp,
+                attention_mask=mask[:, :length],
+                position_ids=p if n_rows == 3 else p[0],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **kw,
+            )
+            return out.logits[:, -1, :]
+
+        length = C + S
+        logits = forward(ids, length, pos, **kwargs)
         sampler = None
-        processors = LogitsProcessorList()
         if not params.is_greedy:
             base = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
             sampler = _RowSampler([row_seed(base, r.key, r.turn_index) for r in requests], params)
-            processors.append(sampler)
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention}
-        if hasattr(self.model.config, "vision_config"):  # Qwen-VL: mRoPE positions from the image pads
-            kwargs["mm_token_type_ids"] = (input_ids == self.image_pad_id).int()
-        if pixel_values is not None:
-            kwargs.update(pixel_values=pixel_values, image_grid_thw=grid)
-        out = self.model.generate(**kwargs, generation_config=gen_cfg, logits_processor=processors)
-
-        new = out.sequences[:, width:].cpu()
-        logits = torch.stack(out.logits, dim=1).float().cpu()  # [B, steps, V], raw
-        logp = torch.log_softmax(logits / params.logprob_temperature, dim=-1)
-        results = []
-        for i, r in enumerate(requests):
-            row = new[i].tolist()
-            stop = row.index(self.stop_id) + 1 if self.stop_id in row else len(row)
-            n = min(stop, r.max_new_tokens)
-            ids = row[:n]
+        banned = torch.zeros(logits.shape[-1], dtype=torch.bool, device=dev)
+        banned[[t for t in self.suppressed if t < logits.shape[-1]]] = True
+        active = [True] * B
+        toks: list[list[int]] = [[] for _ in range(B)]
+        lps: list[list[float]] = [[] for _ in range(B)]
+        fed = [0] * B
+        next_pos = next_pos.to(dev)
+        for _ in range(max_new):
+            raw = logits.float()
+            scores = raw.masked_fill(banned, float("-inf"))
             if sampler is not None:
-                picked = [int(c[i]) for c in sampler.chosen[:n]]
-                if picked != ids:
-                    raise RuntimeError(f"generate kept tokens other than the sampled ones for {r.key!r}")
-            lps = [float(logp[i, t, tok]) for t, tok in enumerate(ids)]
-            reason = "stop" if ids and ids[-1] == self.stop_id else "length"
-            results.append(GenerationOutput(ids, lps, reason))
+                sampler(None, scores)
+                chosen = sampler.chosen[-1]
+            else:
+                chosen = scores.argmax(-1)
+            lp = torch.log_softmax(raw / params.logprob_temperature, dim=-1).gather(1, chosen[:, None])[:, 0]
+            feed = []
+            for i, (tok, val) in enumerate(zip(chosen.tolist(), lp.tolist(), strict=True)):
+                feed.append(active[i])
+                if active[i]:
+                    toks[i].append(tok)
+                    lps[i].append(val)
+                    if tok == self.stop_id or len(toks[i]) >= requests[i].max_new_tokens:
+                        active[i] = False
+            if not any(active):
+                break
+            f = torch.tensor(feed, device=dev)
+            inp = torch.where(f, chosen, torch.full_like(chosen, self.pad_id))[:, None]
+            mask[:, length] = f.long()
+            length += 1
+            logits = forward(inp, length, next_pos.view(1, B, 1).expand(n_rows, B, 1))
+            next_pos = next_pos + f.long()
+            fed = [n + int(x) for n, x in zip(fed, feed, strict=True)]
+        if self.kv_reuse:
+            self._keep(requests, rows, toks, fed, mask[:, :length], cache, next_pos)
+        results = []
+        for t, lp_row in zip(toks, lps, strict=True):
+            reason = "stop" if t and t[-1] == self.stop_id else "length"
+            results.append(GenerationOutput(t, lp_row, reason))
         return results
+
+    def _keep(
+        self,
+        requests: Sequence[GenerationRequest],
+        rows: list[dict[str, Any]],
+        toks: list[list[int]],
+        fed: list[int],
+        mask: torch.Tensor,
+        cache: Any,
+        next_pos: torch.Tensor,
+    ) -> None:
+        """Store each row's K/V (its unmasked columns) under its key."""
+        for i, r in enumerate(requests):
+            if not r.key:
+                continue
+            cols = mask[i].nonzero().squeeze(1)
+            ids = list(r.prompt_ids) + toks[i][: fed[i]]
+            if len(cols) != len(ids):
+                raise RuntimeError(f"KV columns ({len(cols)}) and ids ({len(ids)}) of {r.key!r} disagree")
+            kv = [layer.row(i, cols) for layer in cache.layers]
+            nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+            self.store.put(r.key, KVEntry(ids, kv, int(next_pos[i]), rows[i]["n_images"], nbytes))
