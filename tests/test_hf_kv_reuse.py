@@ -289,3 +289,15 @@ def test_turn_zero_and_the_byte_bound_evict(setup):
     off = HFEngine(model, renderer, kv_reuse=False)
     off.generate(reqs, GREEDY)
     assert off.cache_stats["entries"] == 0 and off.cache_stats["misses"] == 0
+
+
+def test_the_config_switch_and_bound_reach_the_engine(setup):
+    from mmsearch_r1.rollout.engines import EngineUnavailable, build_engine, check_engine
+
+    model, renderer = setup
+    on = build_engine(RolloutConfig(hf_kv_cache_gb=0.5), renderer, model=model)
+    assert on.kv_reuse and on.store.max_bytes == 1 << 29
+    off = build_engine(RolloutConfig(hf_kv_reuse=False), renderer, model=model)
+    assert not off.kv_reuse
+    with pytest.raises(EngineUnavailable, match="hf_kv_cache_gb"):
+        check_engine(RolloutConfig(hf_kv_cache_gb=-1.0))

@@ -6,7 +6,7 @@ saying what to do. Never a silent fallback to the other engine. It finds vLLM wi
 costs seconds and must happen before some of our search dependencies load; see `build_engine`).
 
 `build_engine(cfg.rollout, renderer, model=..., model_path=..., dtype=...)` makes the engine: `HFEngine(model)` on the
-given loaded model, or `VLLMEngine(model_path)` which loads its own copy of the weights (in this process; the
+given loaded model (KV reuse across turns per `rollout.hf_kv_reuse`, at most `rollout.hf_kv_cache_gb` kept), or `VLLMEngine(model_path)` which loads its own copy of the weights (in this process; the
 trainer syncs it after every update). Build the vLLM engine before the search tools: vLLM failed to start
 when numba (imported by bm25s) had been imported first.
 """
@@ -41,6 +41,8 @@ def check_engine(r: RolloutConfig, *, sampling: bool = True) -> None:
     if r.engine not in ENGINES:
         raise EngineUnavailable(f"rollout.engine must be one of {', '.join(ENGINES)}, got {r.engine!r}")
     if r.engine != "vllm":
+        if r.hf_kv_cache_gb < 0:
+            raise EngineUnavailable(f"rollout.hf_kv_cache_gb must be >= 0, got {r.hf_kv_cache_gb}")
         return
     if not vllm_installed():
         raise EngineUnavailable(f"rollout.engine=vllm but vLLM is not installed: {INSTALL_HINT}")
@@ -71,7 +73,10 @@ def build_engine(
 
         if model is None:
             raise ValueError("build_engine: the hf engine needs a loaded model")
-        return HFEngine(model, renderer)
+        check_engine(r, sampling=False)
+        return HFEngine(
+            model, renderer, kv_reuse=r.hf_kv_reuse, kv_cache_bytes=int(r.hf_kv_cache_gb * (1 << 30))
+        )
     check_engine(r, sampling=False)
     from mmsearch_r1.rollout.vllm_engine import VLLMEngine
 
