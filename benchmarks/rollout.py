@@ -22,6 +22,12 @@ turn the moment it is ready (`submit`; continuous batching), on the tiny text-on
 paths use text search only (answer; text -> answer; text -> text -> answer). It also measures generated tokens/s
 of the vLLM and HF engines on the same 32 sampled requests (64 new tokens each, per-request seeds), side by
 side. Target for vLLM: async within 1.1x of the bound.
+
+`--kv-reuse on|off` (HF engine; default on) sets the engine's KV reuse across turns for the schedule comparison.
+`--kv-reuse compare` runs the HF engine's multi-turn workload above with reuse on and off instead (async schedule,
+same seeds, interleaved, one warm-up run each, `--repeats` runs each, medians): seconds per rollout batch (wall
+and inside `generate`), generated tokens per second of `generate` time, prompt tokens prefilled, the cache
+counters, and whether both gave the same tokens. Use `--backend fake --latency 0` to time generation alone.
 The last line printed is one JSON object.
 """
 
@@ -183,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="runs per schedule, interleaved; medians reported")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="generation engine (see above)")
+    ap.add_argument(
+        "--kv-reuse", choices=["on", "off", "compare"], default="on", help="HF engine KV reuse (see above)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -226,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
                 "image_search": FakeTool(thumbs, delay_s=delay),
                 "text_search": FakeTool(["Summary: the object is x.\n"], delay_s=delay),
             }
+        if args.kv_reuse == "compare":
+            if gen is not None:
+                raise SystemExit("--kv-reuse compare is for the HF engine (--engine hf)")
+            return report_kv(args, kv_compare(args, model, renderer, samples, tools))
         results = bench(args, model, renderer, samples, tools, gen)
     if gen is not None:
         gen.close()
@@ -266,10 +279,8 @@ def tokens_per_s(vllm: Any, hf: Any, renderer: Any, seed: int) -> dict[str, floa
     return out
 
 
-def bench(
-    args: argparse.Namespace, model: Any, renderer: Any, samples: list[Sample], tools: Any, gen: Any = None
-) -> dict:
-    paths = PATHS if gen is None else TEXT_PATHS
+def decider(paths: tuple) -> Any:
+    """Each group member follows one of `paths` (protocol tags forced around the model's own tokens)."""
 
     def decide(req: GenerationRequest):
         sid, group = req.key.rsplit("#", 1)
@@ -277,11 +288,125 @@ def bench(
         action = path[min(req.turn_index, len(path) - 1)].replace("QUERY", f"object {sid[1:]}")
         return ("<reason>", "</reason>" + action)
 
+    return decide
+
+
+def kv_compare(
+    args: argparse.Namespace, model: Any, renderer: Any, samples: list[Sample], tools: Any
+) -> dict:
+    """The multi-turn HF workload with KV reuse on and off, interleaved (see the module docstring)."""
+    decide = decider(PATHS)
+    runs: dict[str, list[dict]] = {"on": [], "off": []}
+    tokens: dict[str, list] = {}
+    order = ["on", "off"] + ["on", "off"] * args.repeats  # the first of each warms up and is dropped
+    for k, mode in enumerate(order):
+        hf = HFEngine(model, renderer, kv_reuse=mode == "on")
+        engine = ForcedActionEngine(
+            hf, decide, renderer.encode, renderer.special.im_end, sampled_tokens=args.sampled_tokens
+        )
+        calls: list[float] = []
+        prefill: list[int] = []
+
+        def timed(reqs, params, _inner=hf.generate, _calls=calls, _prefill=prefill, _hf=hf):
+            saved = _hf.cache_stats["prefill_tokens_saved"]
+            t0 = time.perf_counter()
+            out = _inner(reqs, params)
+            _calls.append(time.perf_counter() - t0)
+            _prefill.append(
+                sum(len(r.prompt_ids) for r in reqs) - _hf.cache_stats["prefill_tokens_saved"] + saved
+            )
+            return out
+
+        hf.generate = timed  # type: ignore[method-assign]
+        rcfg = RolloutConfig(
+            max_new_tokens_per_turn=128, max_response_tokens=4096, max_batch_size=args.max_batch_size
+        )
+        t = time.perf_counter()
+        trajs = run_rollouts(
+            samples,
+            engine=engine,
+            renderer=renderer,
+            tools=tools,
+            protocol=ProtocolConfig(),
+            rollout=rcfg,
+            params=SamplingParams(temperature=1.0, seed=args.seed),
+            n=args.n,
+        )
+        wall = time.perf_counter() - t
+        tokens.setdefault(mode, [tr.response_ids for tr in trajs])
+        if k < 2:
+            continue
+        generated = sum(len(o.token_ids) for _, o in engine.inner_outputs)
+        runs[mode].append(
+            {
+                "wall_s": wall,
+                "gen_s": sum(calls),
+                "gen_calls": len(calls),
+                "generated_tokens": generated,
+                "tokens_per_s": generated / sum(calls),
+                "prefill_tokens": sum(prefill),
+                "turns": len(engine.inner_outputs),
+                "cache": hf.cache_stats,
+                "n": len(trajs),
+            }
+        )
+    out = {m: sorted(rs, key=lambda x: x["gen_s"])[len(rs) // 2] for m, rs in runs.items()}
+    out["same_tokens"] = tokens["on"] == tokens["off"]
+    return out
+
+
+def report_kv(args: argparse.Namespace, res: dict) -> int:
+    on, off = res["on"], res["off"]
+    print(
+        f"trajectories: {on['n']} ({args.prompts} prompts x {args.n}), {on['turns']} turns; medians of {args.repeats}"
+    )
+    for name, x in (("reuse on", on), ("reuse off", off)):
+        print(
+            f"{name:9s}  wall {x['wall_s']:7.3f} s  generate {x['gen_s']:7.3f} s in {x['gen_calls']} calls  "
+            f"{x['tokens_per_s']:7.1f} tok/s  prefilled {x['prefill_tokens']} prompt tokens"
+        )
+    c = on["cache"]
+    print(f"cache: {c['hits']} hits, {c['misses']} misses, {c['prefill_tokens_saved']} prefill tokens saved")
+    print(f"same tokens with and without reuse: {res['same_tokens']}")
+    print(f"generate time off / on = {off['gen_s'] / on['gen_s']:.3f}")
+    print(
+        json.dumps(
+            {
+                "bench": "kv_reuse",
+                "trajectories": on["n"],
+                "turns": on["turns"],
+                "repeats": args.repeats,
+                "seed": args.seed,
+                "tools": args.backend,
+                "latency_mean_s": args.latency,
+                "on_wall_s": round(on["wall_s"], 4),
+                "off_wall_s": round(off["wall_s"], 4),
+                "on_gen_s": round(on["gen_s"], 4),
+                "off_gen_s": round(off["gen_s"], 4),
+                "on_tokens_per_s": round(on["tokens_per_s"], 1),
+                "off_tokens_per_s": round(off["tokens_per_s"], 1),
+                "on_prefill_tokens": on["prefill_tokens"],
+                "off_prefill_tokens": off["prefill_tokens"],
+                "gen_off_over_on": round(off["gen_s"] / on["gen_s"], 4),
+                "wall_off_over_on": round(off["wall_s"] / on["wall_s"], 4),
+                "cache": {k: c[k] for k in ("hits", "misses", "prefill_tokens_saved")},
+                "same_tokens": res["same_tokens"],
+            }
+        )
+    )
+    return 0
+
+
+def bench(
+    args: argparse.Namespace, model: Any, renderer: Any, samples: list[Sample], tools: Any, gen: Any = None
+) -> dict:
+    decide = decider(PATHS if gen is None else TEXT_PATHS)
+
     runs: dict[str, list[dict]] = {"async": [], "round_sync": []}
     order = ["async"] + ["async", "round_sync"] * args.repeats  # the first run warms up and is dropped
     for k, schedule in enumerate(order):
         engine = ForcedActionEngine(
-            HFEngine(model, renderer) if gen is None else gen,
+            HFEngine(model, renderer, kv_reuse=args.kv_reuse != "off") if gen is None else gen,
             decide,
             renderer.encode,
             renderer.special.im_end,
