@@ -152,6 +152,7 @@ def test_agent_rollouts_equal_with_and_without_reuse_and_the_trainer(setup, para
     b = agent_run(setup, HFEngine(model, renderer, kv_reuse=False), params)
     stats = on.cache_stats
     assert stats["hits"] >= 6 and stats["prefill_tokens_saved"] > 1000, stats
+    assert stats["shared_prefill_rows"] == 2  # first turns of groups 1 and 2 (group 0 gets a forced prefix)
     assert sum(len(t.turns) for t in a) >= 12 and any(len(t.images) == 3 for t in a)
     assert [t.response_ids for t in a] == [t.response_ids for t in b]
     checked = 0
@@ -301,3 +302,30 @@ def test_the_config_switch_and_bound_reach_the_engine(setup):
     assert not off.kv_reuse
     with pytest.raises(EngineUnavailable, match="hf_kv_cache_gb"):
         check_engine(RolloutConfig(hf_kv_cache_gb=-1.0))
+
+
+def test_rows_with_the_same_prompt_share_a_prefill_only_with_the_same_pixels(setup):
+    """A group's first turns are prefilled once; equal ids with other pixels (same size) are not shared."""
+    model, renderer = setup
+
+    def req(color, key):
+        r = renderer.render([Message("user", [Image.new("RGB", (56, 56), color), "What is it?"])])
+        return GenerationRequest(
+            r.input_ids,
+            8,
+            images=r.images,
+            pixel_values=[r.pixel_values],
+            image_grid_thw=[r.image_grid_thw],
+            key=key,
+        )
+
+    batch = [req("red", "a#0"), req("blue", "b#0"), req("red", "a#1"), req("red", "a#2")]
+    assert batch[0].prompt_ids == batch[1].prompt_ids
+    engine = HFEngine(model, renderer, kv_reuse=True)
+    outs = engine.generate(batch, SAMPLED)
+    assert engine.cache_stats["shared_prefill_rows"] == 2
+    alone = [HFEngine(model, renderer, kv_reuse=False).generate([r], SAMPLED)[0] for r in batch]
+    assert [o.token_ids for o in outs] == [o.token_ids for o in alone]
+    assert max_diff(outs, alone) < 1e-4
+    greedy = engine.generate(batch[:2], GREEDY)  # same ids, other image: other tokens
+    assert greedy[0].token_ids != greedy[1].token_ids

@@ -68,6 +68,11 @@ class BufferLayer(DynamicLayer):
     def get_max_length(self) -> int:
         return self.capacity
 
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep the batch rows `rows` (in that order; a row may repeat)."""
+        self.keys = self.keys.index_select(0, rows)
+        self.values = self.values.index_select(0, rows)
+
     def row(self, i: int, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Row i's K/V at `columns` (a copy): (heads, len(columns), dim) each."""
         return self.keys[i][:, columns], self.values[i][:, columns]

@@ -96,6 +96,9 @@ class HFEngine:
         self.model = model
         self.kv_reuse = kv_reuse
         self.store = KVStore(kv_cache_bytes)
+        self.shared_prefill_rows = (
+            0  # rows whose prefill another row of the same batch did (same prompt, images)
+        )
         self._weights_version = self._param_version()
         self.adapter = RendererAdapter(renderer)
         ids = self.adapter.token_ids()
@@ -145,7 +148,12 @@ class HFEngine:
     @property
     def cache_stats(self) -> dict[str, int]:
         """KV reuse counters (`hf_cache.KVStore`), plus the entries and bytes held now."""
-        return {**self.store.stats, "entries": len(self.store), "bytes": self.store.bytes}
+        return {
+            **self.store.stats,
+            "entries": len(self.store),
+            "bytes": self.store.bytes,
+            "shared_prefill_rows": self.shared_prefill_rows,
+        }
 
     def _param_version(self) -> int:
         return sum(p._version for p in self.model.parameters())
@@ -221,11 +229,47 @@ class HFEngine:
         if self.kv_reuse:
             self._check_weights()
         rows = [self._row(r) for r in requests]
+        uniq, idx = _dedupe(rows)
+        self.shared_prefill_rows += len(rows) - len(uniq)
+        max_new = max(r.max_new_tokens for r in requests)
+        cache, mask, logits, next_pos = self._prefill([rows[u] for u in uniq], max_new)
+        if len(uniq) < len(rows):  # rows with the same prompt and images: one prefill, K/V copied
+            sel = torch.tensor(idx, device=mask.device)
+            for layer in cache.layers:
+                layer.select(sel)
+            mask, logits, next_pos = mask[sel], logits[sel], next_pos[sel]
+        n_rows = rows[0]["pos"].shape[0]  # 3 mRoPE rows, or 1 for a text-only model
+        toks, lps, fed, length = self._decode(requests, params, cache, mask, logits, next_pos, n_rows)
+        if self.kv_reuse:
+            self._keep(requests, rows, toks, fed, mask[:, :length], cache, next_pos + 0)
+        results = []
+        for t, lp_row in zip(toks, lps, strict=True):
+            reason = "stop" if t and t[-1] == self.stop_id else "length"
+            results.append(GenerationOutput(t, lp_row, reason))
+        return results
+
+    def _forward(
+        self, inp: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any, **kw: Any
+    ) -> Any:
+        """Logits of the last position of each row; `pos` is (rows, B, T) and K/V go into `cache`."""
+        out = self.model(
+            input_ids=inp,
+            attention_mask=mask,
+            position_ids=pos if pos.shape[0] == 3 else pos[0],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **kw,
+        )
+        return out.logits[:, -1, :]
+
+    def _prefill(self, rows: list[dict[str, Any]], max_new: int) -> tuple[Any, Any, Any, Any]:
+        """One forward over every row's new tokens, after its cached K/V (layout in the module docstring).
+        Returns (cache, attention mask over the whole buffer, last logits, next text position per row)."""
         dev = self.device
         B, n_rows = len(rows), rows[0]["pos"].shape[0]
         cached = [len(x["entry"].ids) if x["entry"] is not None else 0 for x in rows]
         C, S = max(cached), max(len(x["new"]) for x in rows)
-        max_new = max(r.max_new_tokens for r in requests)
         cap = C + S + max_new
         ids = torch.full((B, S), self.pad_id, dtype=torch.long)
         mask = torch.zeros((B, cap), dtype=torch.long)
@@ -242,7 +286,7 @@ class HFEngine:
                 for li, (k, v) in enumerate(x["entry"].kv):
                     preload[li].append((i, C - c, k, v))
         next_pos = pos[:, :, -1].max(0).values + 1  # (B,): every row's last new token is a real one
-        ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
+        mask = mask.to(dev)
         cache = buffer_cache(n_layers, cap, C, preload)
         kwargs: dict[str, Any] = {}
         pvs = [x["pv"] for x in rows if x["pv"] is not None]
@@ -251,21 +295,24 @@ class HFEngine:
             pv = torch.cat(pvs).to(dev)
             kwargs["pixel_values"] = pv.to(dtype) if dtype is not None else pv
             kwargs["image_grid_thw"] = torch.cat([x["grid"] for x in rows if x["grid"] is not None]).to(dev)
+        logits = self._forward(ids.to(dev), mask[:, : C + S], pos.to(dev), cache, **kwargs)
+        return cache, mask, logits, next_pos.to(dev)
 
-        def forward(inp: torch.Tensor, length: int, p: torch.Tensor, **kw: Any) -> torch.Tensor:
-            out = self.model(
-                input_ids=inp,
-                attention_mask=mask[:, :length],
-                position_ids=p if n_rows == 3 else p[0],
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-                **kw,
-            )
-            return out.logits[:, -1, :]
-
-        length = C + S
-        logits = forward(ids, length, pos, **kwargs)
+    def _decode(
+        self,
+        requests: Sequence[GenerationRequest],
+        params: SamplingParams,
+        cache: Any,
+        mask: torch.Tensor,
+        logits: torch.Tensor,
+        next_pos: torch.Tensor,
+        n_rows: int,
+    ) -> tuple[list[list[int]], list[list[float]], list[int], int]:
+        """Choose a token per row and step, feed it back, until every row stopped or hit its limit.
+        Returns (tokens, log-probs, tokens fed back per row, filled length of the buffer); `next_pos` and
+        `mask` are advanced in place."""
+        dev, B = logits.device, len(requests)
+        length = cache.get_seq_length()
         sampler = None
         if not params.is_greedy:
             base = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
@@ -276,8 +323,7 @@ class HFEngine:
         toks: list[list[int]] = [[] for _ in range(B)]
         lps: list[list[float]] = [[] for _ in range(B)]
         fed = [0] * B
-        next_pos = next_pos.to(dev)
-        for _ in range(max_new):
+        for _ in range(max(r.max_new_tokens for r in requests)):
             raw = logits.float()
             scores = raw.masked_fill(banned, float("-inf"))
             if sampler is not None:
@@ -286,9 +332,8 @@ class HFEngine:
             else:
                 chosen = scores.argmax(-1)
             lp = torch.log_softmax(raw / params.logprob_temperature, dim=-1).gather(1, chosen[:, None])[:, 0]
-            feed = []
+            feed = list(active)
             for i, (tok, val) in enumerate(zip(chosen.tolist(), lp.tolist(), strict=True)):
-                feed.append(active[i])
                 if active[i]:
                     toks[i].append(tok)
                     lps[i].append(val)
@@ -300,16 +345,11 @@ class HFEngine:
             inp = torch.where(f, chosen, torch.full_like(chosen, self.pad_id))[:, None]
             mask[:, length] = f.long()
             length += 1
-            logits = forward(inp, length, next_pos.view(1, B, 1).expand(n_rows, B, 1))
-            next_pos = next_pos + f.long()
+            step_pos = next_pos.view(1, B, 1).expand(n_rows, B, 1)
+            logits = self._forward(inp, mask[:, :length], step_pos, cache)
+            next_pos += f.long()
             fed = [n + int(x) for n, x in zip(fed, feed, strict=True)]
-        if self.kv_reuse:
-            self._keep(requests, rows, toks, fed, mask[:, :length], cache, next_pos)
-        results = []
-        for t, lp_row in zip(toks, lps, strict=True):
-            reason = "stop" if t and t[-1] == self.stop_id else "length"
-            results.append(GenerationOutput(t, lp_row, reason))
-        return results
+        return toks, lps, fed, length
 
     def _keep(
         self,
@@ -332,3 +372,37 @@ class HFEngine:
             kv = [layer.row(i, cols) for layer in cache.layers]
             nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
             self.store.put(r.key, KVEntry(ids, kv, int(next_pos[i]), rows[i]["n_images"], nbytes))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def _dedupe(rows: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """(indices of the rows to prefill, for each row the position of its prefilled twin in that list). Rows
+    without cached K/V whose new ids, pixel values and grids are equal (a GRPO group's first turn) share one."""
+    uniq: list[int] = []
+    idx: list[int] = []
+    seen: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(rows):
+        twin = None
+        if x["entry"] is None:
+            key = tuple(x["new"])
+            twin = next(
+                (
+                    j
+                    for j in seen.get(key, [])
+                    if _same(x["pv"], rows[j]["pv"]) and _same(x["grid"], rows[j]["grid"])
+                ),
+                None,
+            )
+            if twin is None:
+                seen.setdefault(key, []).append(i)
+        if twin is None:
+            idx.append(len(uniq))
+            uniq.append(i)
+        else:
+            idx.append(idx[twin])
+    return uniq, idx
