@@ -329,3 +329,13 @@ def test_rows_with_the_same_prompt_share_a_prefill_only_with_the_same_pixels(set
     assert max_diff(outs, alone) < 1e-4
     greedy = engine.generate(batch[:2], GREEDY)  # same ids, other image: other tokens
     assert greedy[0].token_ids != greedy[1].token_ids
+
+
+def test_release_kv_frees_every_entry(setup):
+    model, renderer = setup
+    engine = HFEngine(model, renderer, kv_reuse=True)
+    engine.generate([request([first_turn(renderer, i)], f"k{i}", 0, 3) for i in range(2)], GREEDY)
+    assert engine.cache_stats["entries"] == 2 and engine.cache_stats["bytes"] > 0
+    engine.release_kv()
+    assert engine.cache_stats["entries"] == 0 and engine.cache_stats["bytes"] == 0
+    assert engine.cache_stats["invalidated"] == 0

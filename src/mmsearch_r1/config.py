@@ -98,7 +98,7 @@ class RolloutConfig:
     vllm_gpu_memory_utilization: float = (
         0.5  # engine=vllm: share of GPU memory it takes (CPU: of host memory)
     )
-    hf_kv_reuse: bool = True  # engine=hf: keep each trajectory's KV between its turns (prefill only new tokens)
+    hf_kv_reuse: bool = True  # engine=hf: keep each trajectory's KV between turns (prefill only new tokens)
     hf_kv_cache_gb: float = 4.0  # engine=hf: most KV kept between turns (LRU); beyond it, a turn prefills all
 
 

@@ -294,6 +294,8 @@ def train(
         kept, kept_rewards = kept[: share * n], kept_rewards[: share * n]
         if vllm:
             gen_engine.sleep()  # CUDA: its KV cache is released during the update
+        elif hasattr(gen_engine, "release_kv"):
+            gen_engine.release_kv()  # the HF engine's K/V kept between turns: no trajectory continues
         metrics["perf/time_rollout_s"] = time.perf_counter() - t0
         # ================================================================ advantages
         adv = group_advantages(

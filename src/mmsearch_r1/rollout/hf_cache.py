@@ -111,8 +111,9 @@ class KVStore:
         if e is not None:
             self.bytes -= e.nbytes
 
-    def clear(self) -> None:
-        self.stats["invalidated"] += len(self.entries)
+    def clear(self, *, invalidated: bool = True) -> None:
+        """Drop every entry (counted as invalidated unless `invalidated=False`: released, not stale)."""
+        self.stats["invalidated"] += len(self.entries) if invalidated else 0
         self.entries.clear()
         self.bytes = 0
 

@@ -145,6 +145,10 @@ class HFEngine:
         self._weights_version = self._param_version()
         return n
 
+    def release_kv(self) -> None:
+        """Free the K/V kept between turns (when no trajectory will continue, e.g. before a training update)."""
+        self.store.clear(invalidated=False)
+
     @property
     def cache_stats(self) -> dict[str, int]:
         """KV reuse counters (`hf_cache.KVStore`), plus the entries and bytes held now."""
