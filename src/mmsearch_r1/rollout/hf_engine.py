@@ -14,7 +14,8 @@ Anything else is a miss and a full prefill: an unknown key, a prefix that does n
 (a new trajectory: the key's old entry is dropped), an entry evicted by the byte bound, or changed weights
 (`load_weights`, or an in-place update of the model's parameters seen through their version counters: every entry
 is dropped). `cache_stats` counts hits, misses, prefill tokens saved, evictions and invalidations. A batch mixes
-rows of any cached and new lengths: row i is `[pad][cached c_i][pad][new s_i]`, the attention mask 0 on every pad.
+rows of any cached and new lengths: row i is `[pad][cached c_i][pad][new s_i]`, the attention mask 0 on every pad. Rows with
+nothing cached and the same prompt and pixels (a GRPO group's first turn) are prefilled once, their K/V copied.
 
 Sampling (`params.greedy` False and temperature > 0): `_RowSampler` draws each row's token from
 `softmax(filter(logits / T))` (top-k, then top-p filtering) with the row's own `torch.Generator`, seeded from
