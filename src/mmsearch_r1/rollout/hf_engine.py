@@ -244,9 +244,7 @@ class HFEngine:
                 layer.select(sel)
             mask, logits, next_pos = mask[sel], logits[sel], next_pos[sel]
         n_rows = rows[0]["pos"].shape[0]  # 3 mRoPE rows, or 1 for a text-only model
-        toks, lps, fed, length = self._decode(requests, params, cache, mask, logits, next_pos, n_rows)
-        if self.kv_reuse:
-            self._keep(requests, rows, toks, fed, mask[:, :length], cache, next_pos + 0)
+        toks, lps = self._decode(requests, rows, params, cache, mask, logits, next_pos, n_rows)
         results = []
         for t, lp_row in zip(toks, lps, strict=True):
             reason = "stop" if t and t[-1] == self.stop_id else "length"
@@ -306,16 +304,20 @@ class HFEngine:
     def _decode(
         self,
         requests: Sequence[GenerationRequest],
+        rows: list[dict[str, Any]],
         params: SamplingParams,
         cache: Any,
         mask: torch.Tensor,
         logits: torch.Tensor,
         next_pos: torch.Tensor,
         n_rows: int,
-    ) -> tuple[list[list[int]], list[list[float]], list[int], int]:
-        """Choose a token per row and step, feed it back, until every row stopped or hit its limit.
-        Returns (tokens, log-probs, tokens fed back per row, filled length of the buffer); `next_pos` and
-        `mask` are advanced in place."""
+    ) -> tuple[list[list[int]], list[list[float]]]:
+        """Choose a token per row and step and feed it back, until every row stopped or hit its limit.
+
+        A row's last token is fed back with the others' next step, so its K/V are complete then. Once a quarter of
+        the batch is done, the done rows leave it (their K/V kept first, with reuse on): the buffer, mask, positions
+        and samplers keep only the live rows. Returns (tokens, log-probs) per request.
+        """
         dev, B = logits.device, len(requests)
         length = cache.get_seq_length()
         sampler = None
@@ -324,6 +326,7 @@ class HFEngine:
             sampler = _RowSampler([row_seed(base, r.key, r.turn_index) for r in requests], params)
         banned = torch.zeros(logits.shape[-1], dtype=torch.bool, device=dev)
         banned[[t for t in self.suppressed if t < logits.shape[-1]]] = True
+        live = list(range(B))  # the request of each batch row
         active = [True] * B
         toks: list[list[int]] = [[] for _ in range(B)]
         lps: list[list[float]] = [[] for _ in range(B)]
@@ -337,46 +340,68 @@ class HFEngine:
             else:
                 chosen = scores.argmax(-1)
             lp = torch.log_softmax(raw / params.logprob_temperature, dim=-1).gather(1, chosen[:, None])[:, 0]
-            feed = list(active)
-            for i, (tok, val) in enumerate(zip(chosen.tolist(), lp.tolist(), strict=True)):
-                if active[i]:
-                    toks[i].append(tok)
-                    lps[i].append(val)
-                    if tok == self.stop_id or len(toks[i]) >= requests[i].max_new_tokens:
-                        active[i] = False
-            if not any(active):
+            feed = [active[r] for r in live]
+            for r, tok, val in zip(live, chosen.tolist(), lp.tolist(), strict=True):
+                if active[r]:
+                    toks[r].append(tok)
+                    lps[r].append(val)
+                    if tok == self.stop_id or len(toks[r]) >= requests[r].max_new_tokens:
+                        active[r] = False
+            if not any(active[r] for r in live):
                 break
             f = torch.tensor(feed, device=dev)
             inp = torch.where(f, chosen, torch.full_like(chosen, self.pad_id))[:, None]
             mask[:, length] = f.long()
             length += 1
-            step_pos = next_pos.view(1, B, 1).expand(n_rows, B, 1)
+            step_pos = next_pos.view(1, -1, 1).expand(n_rows, -1, 1)
             logits = self._forward(inp, mask[:, :length], step_pos, cache)
             next_pos += f.long()
-            fed = [n + int(x) for n, x in zip(fed, feed, strict=True)]
-        return toks, lps, fed, length
+            for r, x in zip(live, feed, strict=True):
+                fed[r] += x
+            done = [j for j, r in enumerate(live) if not active[r]]
+            if done and 4 * len(done) >= len(live):
+                for j in done:
+                    self._keep(
+                        requests[live[j]],
+                        rows[live[j]],
+                        toks[live[j]][: fed[live[j]]],
+                        mask[j, :length],
+                        cache,
+                        j,
+                        next_pos[j],
+                    )
+                keep = [j for j, r in enumerate(live) if active[r]]
+                sel = torch.tensor(keep, device=dev)
+                for layer in cache.layers:
+                    layer.select(sel)
+                mask, logits, next_pos = mask[sel], logits[sel], next_pos[sel]
+                if sampler is not None:
+                    sampler.generators = [sampler.generators[j] for j in keep]
+                live = [live[j] for j in keep]
+        for j, r in enumerate(live):
+            self._keep(requests[r], rows[r], toks[r][: fed[r]], mask[j, :length], cache, j, next_pos[j])
+        return toks, lps
 
     def _keep(
         self,
-        requests: Sequence[GenerationRequest],
-        rows: list[dict[str, Any]],
-        toks: list[list[int]],
-        fed: list[int],
-        mask: torch.Tensor,
+        req: GenerationRequest,
+        row: dict[str, Any],
+        fed_tokens: list[int],
+        mask_row: torch.Tensor,
         cache: Any,
+        j: int,
         next_pos: torch.Tensor,
     ) -> None:
-        """Store each row's K/V (its unmasked columns) under its key."""
-        for i, r in enumerate(requests):
-            if not r.key:
-                continue
-            cols = mask[i].nonzero().squeeze(1)
-            ids = list(r.prompt_ids) + toks[i][: fed[i]]
-            if len(cols) != len(ids):
-                raise RuntimeError(f"KV columns ({len(cols)}) and ids ({len(ids)}) of {r.key!r} disagree")
-            kv = [layer.row(i, cols) for layer in cache.layers]
-            nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
-            self.store.put(r.key, KVEntry(ids, kv, int(next_pos[i]), rows[i]["n_images"], nbytes))
+        """With reuse on, store batch row j's K/V (its unmasked columns) under the request's key."""
+        if not self.kv_reuse or not req.key:
+            return
+        cols = mask_row.nonzero().squeeze(1)
+        ids = list(req.prompt_ids) + fed_tokens
+        if len(cols) != len(ids):
+            raise RuntimeError(f"KV columns ({len(cols)}) and ids ({len(ids)}) of {req.key!r} disagree")
+        kv = [layer.row(j, cols) for layer in cache.layers]
+        nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+        self.store.put(req.key, KVEntry(ids, kv, int(next_pos), row["n_images"], nbytes))
 
 
 def _same(a: Any, b: Any) -> bool:
