@@ -4,7 +4,7 @@ One batch per `generate` call. Each row is prefilled once, then decoded one toke
 preallocated buffer (`hf_cache.BufferLayer`); positions are explicit: the 3-row mRoPE positions of the model's own
 rope-index function (`model.compute_position_ids`) for the prefill, the next text position while decoding.
 Generation stops at `<|im_end|>` (looked up by text) or at the row's own `max_new_tokens`; the tokens kept are
-exactly the ones chosen.
+exactly the ones chosen. Rows that are done leave the batch once a quarter of it is.
 
 KV reuse across turns (`kv_reuse=True`, `rollout.hf_kv_reuse`): after a turn the engine keeps, per trajectory key,
 the ids it has K/V for (the prompt and the turn's tokens fed back), those K/V, the next mRoPE position and how many
