@@ -42,6 +42,9 @@ def _overrides(model_dir, world, run_dir, compute="float32"):
         "trainer.traces_per_step": 1, "rollout.n": 2, "rollout.max_new_tokens_per_turn": 48,
         "rollout.max_response_tokens": 1000, "rollout.max_prompt_tokens": 2000, "rollout.max_images": 4,
         "rollout.schedule": "round_sync", "rollout.tool_workers": 1, "grpo.kl_coef": 0.01,
+        # one trajectory per generate call: in bf16 the engine's log-probs move with the batch's composition
+        # (about 0.03 on this model), and one process batches what two processes split
+        "rollout.max_batch_size": 1,
         "grpo.logprob_chunk_tokens": 64, "optim.lr": 1e-2, "optim.eps": 1.0, "optim.grad_clip": 0.0,
         "data.shuffle": False, "model.param_dtype": "float32", "model.compute_dtype": compute, **world,
     }  # fmt: skip
