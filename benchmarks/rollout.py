@@ -492,6 +492,7 @@ def report(args: argparse.Namespace, results: dict, throughput: dict[str, float]
         json.dumps(
             {
                 "engine": args.engine,
+                "kv_reuse": args.kv_reuse if args.engine == "hf" else None,
                 "trajectories": a["n"],
                 "latency_mean_s": args.latency,
                 "latency_dist": args.dist,

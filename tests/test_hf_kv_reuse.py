@@ -339,3 +339,11 @@ def test_release_kv_frees_every_entry(setup):
     engine.release_kv()
     assert engine.cache_stats["entries"] == 0 and engine.cache_stats["bytes"] == 0
     assert engine.cache_stats["invalidated"] == 0
+
+
+def test_a_model_with_sliding_window_layers_is_refused():
+    model, renderer = build_byte_vlm(2)
+    assert model.config.get_text_config().layer_types == ["full_attention"] * 2
+    model.config.get_text_config().layer_types = ["sliding_attention", "full_attention"]
+    with pytest.raises(ValueError, match="full-attention layers only"):
+        HFEngine(model, renderer)

@@ -112,6 +112,9 @@ class HFEngine:
         video = getattr(model.config, "video_token_id", None)
         if isinstance(video, int) and video not in self.suppressed + [self.stop_id, self.pad_id]:
             self.suppressed.append(video)
+        kinds = set(getattr(model.config.get_text_config(), "layer_types", None) or ["full_attention"])
+        if kinds != {"full_attention"}:  # the K/V buffer (hf_cache.BufferLayer) keeps every position
+            raise ValueError(f"HFEngine supports full-attention layers only; the model has {sorted(kinds)}")
         cfg_image_id = getattr(model.config, "image_token_id", None)
         if cfg_image_id is not None and cfg_image_id != self.image_pad_id:
             raise ValueError(
