@@ -347,3 +347,15 @@ def test_a_model_with_sliding_window_layers_is_refused():
     model.config.get_text_config().layer_types = ["sliding_attention", "full_attention"]
     with pytest.raises(ValueError, match="full-attention layers only"):
         HFEngine(model, renderer)
+
+
+def test_train_mode_with_gradient_checkpointing_is_refused():
+    """transformers drops the K/V cache there: the decode steps would see no context."""
+    model, renderer = build_byte_vlm(2)
+    model.gradient_checkpointing_enable()
+    model.train()
+    engine = HFEngine(model, renderer)
+    with pytest.raises(ValueError, match="model.eval"):
+        engine.generate([request([first_turn(renderer, 0)], "a", 0, 3)], GREEDY)
+    model.eval()
+    assert len(engine.generate([request([first_turn(renderer, 0)], "a", 0, 3)], GREEDY)[0].token_ids) == 3

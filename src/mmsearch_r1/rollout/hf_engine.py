@@ -234,6 +234,11 @@ class HFEngine:
         for r in requests:
             if not r.prompt_ids:
                 raise ValueError(f"request {r.key!r} turn {r.turn_index}: empty prompt_ids")
+        if self.model.training and getattr(self.model, "is_gradient_checkpointing", False):
+            raise ValueError(
+                "HFEngine.generate: the model is in train mode with gradient checkpointing, which drops the K/V "
+                "cache; call model.eval() first"
+            )
         if self.kv_reuse:
             self._check_weights()
         rows = [self._row(r) for r in requests]
