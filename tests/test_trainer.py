@@ -173,6 +173,7 @@ def test_two_steps_change_every_parameter_and_write_metrics(tiny_model_dir, worl
         assert any(k.startswith("acc/world_") for k in row)  # accuracy per data source
         assert row["search/ratio_both"] > 0 and row["rollout/finish_answer"] > 0  # group 0 searched twice
         assert row["rollout/logprob_diff_max"] < 1e-4  # trainer's forward reproduces the engine's log-probs
+        assert row["rollout/kv_hits"] >= 2 and row["rollout/kv_prefill_tokens_saved"] > 0  # group 0: 3 turns
         assert row["actor/grad_norm"] > 0
     # every trainable parameter moved; the export is a loadable HF directory with the processor files
     after = load_model(result.final_dir).state_dict()

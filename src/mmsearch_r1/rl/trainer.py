@@ -265,6 +265,7 @@ def train(
         model.eval()  # generate uses its KV cache only in eval mode; Qwen has no dropout to switch
         stream = index_stream(len(samples), t_cfg.seed, cfg.data.shuffle, data_pos)
         kept, kept_rewards, rows, rounds = [], [], [], 0
+        kv0 = dict(gen_engine.cache_stats) if hasattr(gen_engine, "cache_stats") else None
         while True:
             picked = [samples[next(stream)] for _ in range(t_cfg.prompts_per_step)]
             data_pos += t_cfg.prompts_per_step
@@ -296,6 +297,10 @@ def train(
             gen_engine.sleep()  # CUDA: its KV cache is released during the update
         elif hasattr(gen_engine, "release_kv"):
             gen_engine.release_kv()  # the HF engine's K/V kept between turns: no trajectory continues
+        if kv0 is not None:  # the HF engine's KV reuse this step, summed over ranks
+            kv = gen_engine.cache_stats
+            got = D.all_reduce_sums([float(kv[k] - kv0[k]) for k in ("hits", "prefill_tokens_saved")], info)
+            metrics["rollout/kv_hits"], metrics["rollout/kv_prefill_tokens_saved"] = got
         metrics["perf/time_rollout_s"] = time.perf_counter() - t0
         # ================================================================ advantages
         adv = group_advantages(
