@@ -352,10 +352,36 @@ def test_a_model_with_sliding_window_layers_is_refused():
 def test_train_mode_with_gradient_checkpointing_is_refused():
     """transformers drops the K/V cache there: the decode steps would see no context."""
     model, renderer = build_byte_vlm(2)
-    model.gradient_checkpointing_enable()
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
     model.train()
     engine = HFEngine(model, renderer)
     with pytest.raises(ValueError, match="model.eval"):
         engine.generate([request([first_turn(renderer, 0)], "a", 0, 3)], GREEDY)
     model.eval()
     assert len(engine.generate([request([first_turn(renderer, 0)], "a", 0, 3)], GREEDY)[0].token_ids) == 3
+
+
+def test_row_sampler_draws_from_the_filtered_distribution():
+    """Inverse-CDF sampling per row: frequencies follow softmax(scores / T) after top-k / top-p, tokens of
+    probability 0 never come, and each row's draws depend only on its own seed."""
+    from mmsearch_r1.rollout.hf_engine import _RowSampler
+
+    scores = torch.tensor([[0.0, 1.0, -1.0, 2.0, float("-inf"), 0.5]])
+    n = 20000
+    for params, keep in [
+        (SamplingParams(temperature=0.7, seed=0), [0, 1, 2, 3, 5]),
+        (SamplingParams(temperature=1.0, top_k=2, seed=0), [1, 3]),
+        (SamplingParams(temperature=1.0, top_p=0.9, seed=0), [0, 1, 3, 5]),
+    ]:
+        sampler = _RowSampler([11], params)
+        want = torch.softmax(sampler.filtered(scores), dim=-1)[0]
+        assert sorted(torch.nonzero(want).flatten().tolist()) == keep
+        counts = torch.bincount(torch.cat([sampler.sample(scores) for _ in range(n)]), minlength=6).float()
+        assert set(torch.nonzero(counts).flatten().tolist()) == set(keep)
+        assert torch.allclose(counts / n, want, atol=0.015), (counts / n, want)
+    two = _RowSampler([1, 2], SAMPLED)
+    alone = _RowSampler([2], SAMPLED)
+    wide = torch.randn(2, 50) * 2
+    for _ in range(20):
+        assert two.sample(wide)[1] == alone.sample(wide[1:])[0]

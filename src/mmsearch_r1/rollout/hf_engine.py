@@ -18,8 +18,8 @@ rows of any cached and new lengths: row i is `[pad][cached c_i][pad][new s_i]`, 
 nothing cached and the same prompt and pixels (a GRPO group's first turn) are prefilled once, their K/V copied.
 
 Sampling (`params.greedy` False and temperature > 0): `_RowSampler` draws each row's token from
-`softmax(filter(logits / T))` (top-k, then top-p filtering) with the row's own `torch.Generator`, seeded from
-(params.seed, request.key, request.turn_index), one draw per row and step. So a trajectory's tokens do not depend
+`softmax(filter(logits / T))` (top-k, then top-p filtering) by inverse CDF, with one uniform per row and step from
+the row's own `torch.Generator`, seeded from (params.seed, request.key, request.turn_index). So a trajectory's tokens do not depend
 on which other requests share its batch (up to floating-point differences of padded batches). The model's
 `generation_config` (temperature, repetition penalty, ...) plays no part. Greedy: the arg-max.
 
@@ -54,14 +54,19 @@ def row_seed(seed: int, key: str, turn_index: int) -> int:
 
 
 class _RowSampler:
-    """Logits processor: samples each row with its own generator; leaves only the chosen token finite."""
+    """Samples each row from `softmax(filter(scores / T))` with the row's own generator (one draw per row and step).
+
+    Inverse-CDF sampling: one uniform u in (0, 1] per row from its generator, the token is the first whose
+    cumulative probability reaches u times the total (so never a token of probability 0). The CDF is computed on
+    the scores' device for the whole batch; only the B uniforms come from the per-row CPU generators.
+    """
 
     def __init__(self, seeds: list[int], params: SamplingParams) -> None:
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.params = params
-        self.chosen: list[torch.Tensor] = []
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def filtered(self, scores: torch.Tensor) -> torch.Tensor:
+        """`scores / T` with top-k, then top-p applied (removed tokens -inf)."""
         logits = scores.float() / self.params.temperature
         if self.params.top_k > 0:
             k = min(self.params.top_k, logits.shape[-1])
@@ -69,20 +74,17 @@ class _RowSampler:
             logits = logits.masked_fill(logits < kth, float("-inf"))
         if self.params.top_p < 1.0:
             sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-            cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-            drop_sorted = (
-                cum - torch.softmax(sorted_logits, dim=-1)
-            ) >= self.params.top_p  # keeps the top one
+            p = torch.softmax(sorted_logits, dim=-1)
+            drop_sorted = (p.cumsum(dim=-1) - p) >= self.params.top_p  # keeps the top one
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             logits = logits.masked_fill(drop, float("-inf"))
-        probs = torch.softmax(logits, dim=-1).cpu()
-        chosen = torch.stack(
-            [torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(self.generators)]
-        ).to(scores.device)
-        self.chosen.append(chosen)
-        out = torch.full_like(scores, float("-inf"))
-        out.scatter_(1, chosen[:, None], 0.0)
-        return out
+        return logits
+
+    def sample(self, scores: torch.Tensor) -> torch.Tensor:
+        cum = torch.softmax(self.filtered(scores), dim=-1).cumsum(dim=-1)
+        u = torch.stack([1.0 - torch.rand((), generator=g) for g in self.generators]).to(cum.device)
+        x = (u * cum[:, -1]).unsqueeze(1)
+        return torch.searchsorted(cum, x).squeeze(1).clamp_max(cum.shape[-1] - 1)
 
 
 class HFEngine:
@@ -234,7 +236,9 @@ class HFEngine:
         for r in requests:
             if not r.prompt_ids:
                 raise ValueError(f"request {r.key!r} turn {r.turn_index}: empty prompt_ids")
-        if self.model.training and getattr(self.model, "is_gradient_checkpointing", False):
+        if self.model.training and any(
+            getattr(m, "gradient_checkpointing", False) for m in self.model.modules()
+        ):
             raise ValueError(
                 "HFEngine.generate: the model is in train mode with gradient checkpointing, which drops the K/V "
                 "cache; call model.eval() first"
@@ -343,8 +347,7 @@ class HFEngine:
             raw = logits.float()
             scores = raw.masked_fill(banned, float("-inf"))
             if sampler is not None:
-                sampler(None, scores)
-                chosen = sampler.chosen[-1]
+                chosen = sampler.sample(scores)
             else:
                 chosen = scores.argmax(-1)
             lp = torch.log_softmax(raw / params.logprob_temperature, dim=-1).gather(1, chosen[:, None])[:, 0]
