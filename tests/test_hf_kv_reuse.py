@@ -363,8 +363,8 @@ def test_train_mode_with_gradient_checkpointing_is_refused():
 
 
 def test_row_sampler_draws_from_the_filtered_distribution():
-    """Inverse-CDF sampling per row: frequencies follow softmax(scores / T) after top-k / top-p, tokens of
-    probability 0 never come, and each row's draws depend only on its own seed."""
+    """Frequencies follow softmax(scores / T) after top-k / top-p, tokens of probability 0 never come, and each
+    row's draws depend only on its own seed."""
     from mmsearch_r1.rollout.hf_engine import _RowSampler
 
     scores = torch.tensor([[0.0, 1.0, -1.0, 2.0, float("-inf"), 0.5]])

@@ -18,8 +18,8 @@ rows of any cached and new lengths: row i is `[pad][cached c_i][pad][new s_i]`, 
 nothing cached and the same prompt and pixels (a GRPO group's first turn) are prefilled once, their K/V copied.
 
 Sampling (`params.greedy` False and temperature > 0): `_RowSampler` draws each row's token from
-`softmax(filter(logits / T))` (top-k, then top-p filtering) by inverse CDF, with one uniform per row and step from
-the row's own `torch.Generator`, seeded from (params.seed, request.key, request.turn_index). So a trajectory's tokens do not depend
+`softmax(filter(logits / T))` (top-k, then top-p filtering) with the row's own `torch.Generator`, seeded from
+(params.seed, request.key, request.turn_index), one draw per row and step (the same draws as before this loop). So a trajectory's tokens do not depend
 on which other requests share its batch (up to floating-point differences of padded batches). The model's
 `generation_config` (temperature, repetition penalty, ...) plays no part. Greedy: the arg-max.
 
@@ -54,12 +54,8 @@ def row_seed(seed: int, key: str, turn_index: int) -> int:
 
 
 class _RowSampler:
-    """Samples each row from `softmax(filter(scores / T))` with the row's own generator (one draw per row and step).
-
-    Inverse-CDF sampling: one uniform u in (0, 1] per row from its generator, the token is the first whose
-    cumulative probability reaches u times the total (so never a token of probability 0). The CDF is computed on
-    the scores' device for the whole batch; only the B uniforms come from the per-row CPU generators.
-    """
+    """Samples each row from `softmax(filter(scores / T))` with the row's own generator (one draw per row and step:
+    `torch.multinomial` on the CPU)."""
 
     def __init__(self, seeds: list[int], params: SamplingParams) -> None:
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
@@ -81,10 +77,9 @@ class _RowSampler:
         return logits
 
     def sample(self, scores: torch.Tensor) -> torch.Tensor:
-        cum = torch.softmax(self.filtered(scores), dim=-1).cumsum(dim=-1)
-        u = torch.stack([1.0 - torch.rand((), generator=g) for g in self.generators]).to(cum.device)
-        x = (u * cum[:, -1]).unsqueeze(1)
-        return torch.searchsorted(cum, x).squeeze(1).clamp_max(cum.shape[-1] - 1)
+        probs = torch.softmax(self.filtered(scores), dim=-1).cpu()
+        chosen = [torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(self.generators)]
+        return torch.stack(chosen).to(scores.device)
 
 
 class HFEngine:
