@@ -94,9 +94,8 @@ class HFEngine:
         self.model = model
         self.kv_reuse = kv_reuse
         self.store = KVStore(kv_cache_bytes)
-        self.shared_prefill_rows = (
-            0  # rows whose prefill another row of the same batch did (same prompt, images)
-        )
+        # rows whose prefill another row of the same batch did (same prompt and pixels, nothing cached)
+        self.shared_prefill_rows = 0
         self._weights_version = self._param_version()
         self.adapter = RendererAdapter(renderer)
         ids = self.adapter.token_ids()
