@@ -12,6 +12,8 @@ new part; a 2-D attention mask is 0 on every pad.
 next text position (mRoPE continues from it) and how many of the request's images those ids contain. LRU with a
 bound on bytes; `clear()` drops everything (new weights). Counters: `hits`, `misses`, `prefill_tokens_saved`,
 `evicted` (dropped by the bound), `invalidated` (dropped because the weights changed).
+
+`dedupe_rows`: which rows of a batch can share one prefill (nothing cached, same new ids and pixels).
 """
 
 from __future__ import annotations
@@ -145,3 +147,37 @@ class KVStore:
             _, old = self.entries.popitem(last=False)
             self.bytes -= old.nbytes
             self.stats["evicted"] += 1
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def dedupe_rows(rows: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """(indices of the rows to prefill, for each row the position of its prefilled twin in that list). Rows
+    without cached K/V whose new ids, pixel values and grids are equal (a GRPO group's first turn) share one."""
+    uniq: list[int] = []
+    idx: list[int] = []
+    seen: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(rows):
+        twin = None
+        if x["entry"] is None:
+            key = tuple(x["new"])
+            twin = next(
+                (
+                    j
+                    for j in seen.get(key, [])
+                    if _same(x["pv"], rows[j]["pv"]) and _same(x["grid"], rows[j]["grid"])
+                ),
+                None,
+            )
+            if twin is None:
+                seen.setdefault(key, []).append(i)
+        if twin is None:
+            idx.append(len(uniq))
+            uniq.append(i)
+        else:
+            idx.append(idx[twin])
+    return uniq, idx

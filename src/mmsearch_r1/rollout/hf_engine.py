@@ -41,7 +41,7 @@ import torch
 
 from mmsearch_r1.model.positions import compute_position_ids
 from mmsearch_r1.rollout.engine import GenerationOutput, GenerationRequest, SamplingParams
-from mmsearch_r1.rollout.hf_cache import KVEntry, KVStore, buffer_cache
+from mmsearch_r1.rollout.hf_cache import KVEntry, KVStore, buffer_cache, dedupe_rows
 from mmsearch_r1.rollout.rendering import RendererAdapter
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ class HFEngine:
         if self.kv_reuse:
             self._check_weights()
         rows = [self._row(r) for r in requests]
-        uniq, idx = _dedupe(rows)
+        uniq, idx = dedupe_rows(rows)
         self.shared_prefill_rows += len(rows) - len(uniq)
         max_new = max(r.max_new_tokens for r in requests)
         cache, mask, logits, next_pos = self._prefill([rows[u] for u in uniq], max_new)
@@ -407,37 +407,3 @@ class HFEngine:
         kv = [layer.row(j, cols) for layer in cache.layers]
         nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
         self.store.put(req.key, KVEntry(ids, kv, int(next_pos), row["n_images"], nbytes))
-
-
-def _same(a: Any, b: Any) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return a.shape == b.shape and bool(torch.equal(a, b))
-
-
-def _dedupe(rows: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
-    """(indices of the rows to prefill, for each row the position of its prefilled twin in that list). Rows
-    without cached K/V whose new ids, pixel values and grids are equal (a GRPO group's first turn) share one."""
-    uniq: list[int] = []
-    idx: list[int] = []
-    seen: dict[tuple[int, ...], list[int]] = {}
-    for i, x in enumerate(rows):
-        twin = None
-        if x["entry"] is None:
-            key = tuple(x["new"])
-            twin = next(
-                (
-                    j
-                    for j in seen.get(key, [])
-                    if _same(x["pv"], rows[j]["pv"]) and _same(x["grid"], rows[j]["grid"])
-                ),
-                None,
-            )
-            if twin is None:
-                seen.setdefault(key, []).append(i)
-        if twin is None:
-            idx.append(len(uniq))
-            uniq.append(i)
-        else:
-            idx.append(idx[twin])
-    return uniq, idx
