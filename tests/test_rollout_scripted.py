@@ -314,3 +314,31 @@ def test_prompt_set_from_a_directory(tmp_path):
     (tmp_path / "refusal.j2").unlink()
     with pytest.raises(FileNotFoundError, match="refusal.j2"):
         PromptSet(str(tmp_path))
+
+
+def test_first_turn_rendered_once_per_sample_and_shared_by_its_group(monkeypatch):
+    """The n rollouts of a sample start from one rendering (ids and pixel values), made once per `run`; two
+    samples with the same question and image still render apart, and each trajectory keeps its own id list."""
+    calls = []
+    real = ByteRenderer.render
+
+    def counting(self, messages, **kw):
+        calls.append(messages)
+        return real(self, messages, **kw)
+
+    monkeypatch.setattr(ByteRenderer, "render", counting)
+    twin = Sample(
+        "s0", sample(0).question, [png((56, 56))], Answers("Paris")
+    )  # same id and content, new object
+    scripts = {"s0": [ANSWER], "s1": [IMAGE, ANSWER]}
+    trajs, engine, _ = rollout(scripts, n=4, samples=[sample(0), sample(1), twin])
+    assert len(calls) == 3  # one per sample object, not one per trajectory (12)
+    by = {}
+    for t in trajs:
+        by.setdefault(t.sample_id, []).append(t)
+    assert len(by["s0"]) == 8 and len(by["s1"]) == 4
+    first = [req for call in engine.calls for req in call if req.turn_index == 0]
+    assert len(first) == 12 and len({tuple(r.prompt_ids) for r in first}) == 2
+    group = [t for t in trajs if t.sample_id == "s1"]
+    assert len({id(t.prompt_ids) for t in group}) == 4  # the ids are copied per trajectory
+    assert all(t.prompt_ids == group[0].prompt_ids for t in group)

@@ -107,7 +107,8 @@ class AgentLoop:
         n = self.cfg.n if n is None else n
         if n < 1:
             raise ValueError(f"n (rollouts per sample) must be >= 1, got {n}")
-        runs = [self._start(s, g) for s in samples for g in range(n)]
+        first_turns: dict[int, tuple[Sample, Any]] = {}  # id(sample) -> (sample, its rendered first turn)
+        runs = [self._start(s, g, first_turns) for s in samples for g in range(n)]
         active = [r for r in runs if r.traj.finish_reason is None]
         with ThreadPoolExecutor(max_workers=max(1, self.cfg.tool_workers), thread_name_prefix="tool") as pool:
             if self.cfg.schedule == "async" and callable(getattr(self.engine, "submit", None)):
@@ -202,15 +203,26 @@ class AgentLoop:
             active = following
 
     # ================================================================== one trajectory
-    def _start(self, sample: Sample, group: int) -> _Run:
+    def _render_first(self, sample: Sample, first_turns: dict[int, tuple[Sample, Any]] | None) -> Any:
+        """The sample's first turn rendered (ids, images, pixel values): once per sample and `run`, shared by its
+        n rollouts (they start from the same tokens and pixels; nothing downstream changes them in place)."""
+        kept = first_turns.get(id(sample)) if first_turns is not None else None
+        if kept is not None and kept[0] is sample:
+            return kept[1]
+        system = self.r.template_system_prompt() if self.prompts.layout.system == "template_default" else None
+        rendered = self.r.render_first_turn(self.prompts.first_messages(sample, self.protocol, system))
+        if first_turns is not None:
+            first_turns[id(sample)] = (sample, rendered)
+        return rendered
+
+    def _start(
+        self, sample: Sample, group: int, first_turns: dict[int, tuple[Sample, Any]] | None = None
+    ) -> _Run:
         traj = Trajectory(sample_id=sample.id, group_index=group, prompt_ids=[], question=sample.question)
         run = _Run(traj, sample, key=f"{sample.id}#{group}", t0=time.perf_counter())
         traj.stats.update(gen_s=0.0, tool_s=0.0, n_gen_calls=0.0)
         try:
-            system = (
-                self.r.template_system_prompt() if self.prompts.layout.system == "template_default" else None
-            )
-            rendered = self.r.render_first_turn(self.prompts.first_messages(sample, self.protocol, system))
+            rendered = self._render_first(sample, first_turns)
         except (ValueError, OSError, TypeError) as e:
             return self._fail(run, f"sample {sample.id!r}: cannot render the first turn: {e}")
         if len(rendered.input_ids) > self.cfg.max_prompt_tokens:
