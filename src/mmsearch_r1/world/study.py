@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmsearch_r1.world.demo import demo_config, group_figures, sft_config, write_json
+from mmsearch_r1.world.demo import demo_config, demo_model_sizes, group_figures, sft_config, write_json
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,10 @@ class _Seed:
         from mmsearch_r1.model.tiny import build_tiny_model
 
         path = build_tiny_model(
-            self.fresh(self.root / "model" / "base"), seed=self.seed, corpus=self.world.tokenizer_corpus
+            self.fresh(self.root / "model" / "base"),
+            seed=self.seed,
+            corpus=self.world.tokenizer_corpus,
+            sizes=demo_model_sizes(),
         )
         return {"path": path}
 
