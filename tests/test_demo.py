@@ -15,6 +15,8 @@ from mmsearch_r1.cli.demo import EXIT_CHECKS_FAILED, print_outcome
 from mmsearch_r1.config_io import config_to_dict, load_config
 from mmsearch_r1.world.demo import (
     DEMO_INIT_RANGE,
+    DEMO_KV_HEADS,
+    DEMO_ROPE_THETA,
     DEMO_OVERRIDES,
     QUICK_OVERRIDES,
     STAGES,
@@ -89,9 +91,9 @@ def test_demo_quick_end_to_end(tmp_path):
     # (search ratio tail minus head: 0.44, 0.42, 0.56); SFT lowers its loss. The GRPO direction needs the default
     # run: 3 quick GRPO steps moved the head search ratio by 0, 0 and +6 points on those seeds.
     base = json.loads((out / "model" / "base" / "config.json").read_text())
-    assert (
-        base["text_config"]["initializer_range"] == DEMO_INIT_RANGE
-    )  # the demo's model, not the library default
+    text = base["text_config"]  # the demo's model, not the library default
+    assert text["initializer_range"] == DEMO_INIT_RANGE and text["num_key_value_heads"] == DEMO_KV_HEADS
+    assert text["rope_parameters"]["rope_theta"] == DEMO_ROPE_THETA
     before = summary["before"]
     assert before["head"]["acc"] >= before["tail"]["acc"] + 0.3, before
     assert before["tail"]["search_ratio"] >= before["head"]["search_ratio"] + 0.1, before

@@ -48,6 +48,19 @@ def test_same_seed_same_bytes_and_other_seed_differs(tmp_path: Path) -> None:
     assert a["tokenizer.json"] == c["tokenizer.json"]  # the tokenizer depends on the corpus only
 
 
+def test_tiny_sizes_rope_base_and_heads_reach_the_model(tmp_path: Path) -> None:
+    from mmsearch_r1.model.tiny import TinySizes
+
+    model = load_model(build_tiny_model(tmp_path / "m", seed=0, sizes=TinySizes(rope_theta=1e4, kv_heads=4)))
+    text = model.config.text_config
+    assert text.num_key_value_heads == 4 and text.rope_parameters["rope_theta"] == 1e4
+    head_dim = text.hidden_size // text.num_attention_heads
+    inv_freq = model.model.language_model.rotary_emb.inv_freq
+    assert torch.allclose(inv_freq, 1e4 ** (-torch.arange(0, head_dim, 2).float() / head_dim))
+    default = load_model(build_tiny_model(tmp_path / "d", seed=0)).model.language_model.rotary_emb.inv_freq
+    assert torch.allclose(default, 1e6 ** (-torch.arange(0, head_dim, 2).float() / head_dim))
+
+
 def test_corpus_words_become_few_tokens(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("Zorblat Quennimark\n" * 50)

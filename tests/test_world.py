@@ -19,7 +19,8 @@ from mmsearch_r1.world.build import SIZES, build_world, spec_for
 from mmsearch_r1.world.entities import draw_entities
 from mmsearch_r1.world.questions import make_sample
 from mmsearch_r1.world.render import render
-from mmsearch_r1.world.sft import UNKNOWN, first_title_name
+from mmsearch_r1.world.corpus import fact_sentence
+from mmsearch_r1.world.sft import UNKNOWN, drill_turns, first_title_name
 
 SEED = 3
 
@@ -144,7 +145,8 @@ def test_search_tools_find_the_entity_and_its_facts(world_dir, manifest):
 
 
 def test_sft_conversations_behaviours(world_dir, manifest):
-    convs = read_conversations(world_dir / "sft" / "conversations.jsonl")
+    all_convs = read_conversations(world_dir / "sft" / "conversations.jsonl")
+    convs = [c for c in all_convs if c.meta["behaviour"] != "drill"]
     train = read_samples(world_dir / "data" / "train.parquet").samples
     assert len(convs) == len(train)
     by_id = {f"sft-{s.id}": s for s in train}
@@ -192,9 +194,64 @@ def test_sft_conversations_behaviours(world_dir, manifest):
     assert manifest["counts"]["sft"] == {
         f"{g}/{b}": n
         for (g, b), n in __import__("collections")
-        .Counter((c.meta["group"], c.meta["behaviour"]) for c in convs)
+        .Counter((c.meta["group"], c.meta["behaviour"]) for c in all_convs)
         .items()
     }
+
+
+def test_reading_drills_restate_the_page_with_another_fact(world_dir, manifest):
+    convs = read_conversations(world_dir / "sft" / "conversations.jsonl")
+    n_drills = spec_for("small").sft.fact_drills
+    assert n_drills == 2
+    by_id = {c.id: c for c in convs}
+    values = {a: {e[a] for e in manifest["entities"]} for a in ("place", "year", "maker")}
+    base = [
+        c
+        for c in convs
+        if c.meta["behaviour"] == "search" and c.meta["group"] == "tail" and c.meta["attribute"] != "name"
+    ]
+    drills = [c for c in convs if c.meta["behaviour"] == "drill"]
+    assert base and len(drills) == n_drills * len(base)
+    for c in base:
+        attribute = c.meta["attribute"]
+        page, answer = c.messages[-2], c.messages[-1]
+        old = extract_final_answer([answer.text])
+        name = c.messages[-3].text.split("<text_search> ")[1].split("</text_search>")[0]
+        sentence = fact_sentence(name, attribute, old)
+        assert page.role == "user" and sentence in page.text
+        new_values = set()
+        for k in range(n_drills):
+            d = by_id[f"{c.id}-drill{k}"]
+            assert d.meta == {**c.meta, "behaviour": "drill"}
+            # the answer step alone: the page stating another value of the fact, and that value as the answer
+            assert [m.role for m in d.messages if m.role != "system"] == ["user", "assistant"]
+            assert not any(m.images for m in d.messages)
+            new = extract_final_answer([d.messages[-1].text])
+            assert new != old and new in values[attribute]
+            assert d.messages[-2].text == page.text.replace(sentence, fact_sentence(name, attribute, new))
+            assert d.messages[-1].text == answer.text.replace(f" {old}</answer>", f" {new}</answer>")
+            new_values.add(new)
+        assert len(new_values) == n_drills
+
+
+def test_drill_turns_change_one_sentence_or_refuse():
+    from mmsearch_r1.types import ToolResult
+
+    page = "1. Dul Ron\nSummary: Dul Ron was made by Coyard.\n\n2. Dul Rex\nSummary: Dul Rex was made by Coyard.\n"
+    turns = [
+        ("<reason> Unknown: I will search with the image.</reason><search><img></search>", ToolResult(parts=["x"])),
+        ("<reason>The first result is Dul Ron.</reason><text_search> Dul Ron</text_search>", ToolResult(parts=[page])),
+        ("<reason>The page about Dul Ron says it.</reason><answer> Coyard</answer>", None),
+    ]
+    out = drill_turns(turns, "maker", "Coyard", "Jeyett")
+    assert out is not None and out[2][0].endswith("<answer> Jeyett</answer>")
+    # only the named entity's sentence changes; another entity's same fact stays
+    assert out[1][1].parts[0] == page.replace("Dul Ron was made by Coyard.", "Dul Ron was made by Jeyett.")
+    assert turns[1][1].parts[0] == page  # the original result is not changed
+    assert drill_turns(turns, "year", "Coyard", "1824") is None  # the page does not state it as a year
+    twice = [turns[0], (turns[1][0], ToolResult(parts=[page, page])), turns[2]]
+    assert drill_turns(twice, "maker", "Coyard", "Jeyett") is None
+    assert drill_turns(turns[:2], "maker", "Coyard", "Jeyett") is None
 
 
 def test_tokenizer_corpus_and_search_config(world_dir, manifest):

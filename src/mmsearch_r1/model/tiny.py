@@ -51,6 +51,7 @@ class TinySizes:
     min_pixels: int = 56 * 56
     max_pixels: int = 112 * 112
     init_range: float = 0.02
+    rope_theta: float = 1_000_000.0  # Qwen2.5-VL's; a smaller base gives a short sequence more distinct rotations
 
 
 def _train_tokenizer(lines: Iterable[str], vocab_size: int) -> Any:
@@ -132,7 +133,7 @@ def build_tiny_model(
             num_attention_heads=s.heads,
             num_key_value_heads=s.kv_heads,
             max_position_embeddings=8192,
-            rope_scaling={"type": "mrope", "mrope_section": section},
+            rope_scaling={"type": "mrope", "mrope_section": section, "rope_theta": s.rope_theta},
             bos_token_id=ids["endoftext"],
             eos_token_id=ids["im_end"],
             pad_token_id=ids["endoftext"],

@@ -27,11 +27,20 @@ def _slug(name: str) -> str:
     return name.replace(" ", "_")
 
 
+_FACT_SENTENCES = {
+    "place": "{name} is in the city of {value}.",
+    "maker": "{name} was made by {value}.",
+    "year": "{name} was built in the year {value}.",
+}
+
+
+def fact_sentence(name: str, attribute: str, value: str) -> str:
+    """The article's sentence stating one fact ("Dobel Tarn is in the city of Wyvik.")."""
+    return _FACT_SENTENCES[attribute].format(name=name, value=value)
+
+
 def article(e: Entity) -> dict[str, str]:
-    text = (
-        f"{e.name} is in the city of {e.place}. {e.name} was made by {e.maker}. "
-        f"{e.name} was built in the year {e.year}."
-    )
+    text = " ".join(fact_sentence(e.name, a, e.fact(a)) for a in ("place", "maker", "year"))
     return {"url": f"{BASE_URL}/wiki/{_slug(e.name)}", "title": e.name, "text": text}
 
 

@@ -16,6 +16,13 @@ Behaviours (the assistant turns; `{n1}` is the name in the first image-search re
   "<reason>The page about {n1} says it.</reason><answer> {fact of n1}</answer>";
 - guess (a wrong direct answer): the direct form with another head entity of the same kind and its fact.
 
+Reading drills (`fact_drills` per searched train tail fact question, 2 by default): the answer step alone (the
+text-search result, then "<reason>The page about {n1} says it.</reason><answer> {v}</answer>") with the fact's
+sentence on the page of {n1} restating another value {v} of that fact, drawn from the world's values. Memory
+cannot answer them (the same entity comes with three values), only the page can; they are short (no image, one
+turn), so the answer attends over about 120 tokens instead of 400. Measured (docs/demo.md): with them the tiny
+model reads the fact from the page several hundred steps sooner.
+
 Names and facts are always written after a space, as they appear in the tools' results ("1. Dobel Tarn - statue",
 "Dobel Tarn is in Wyvik."), so they are the same tokens there and in the answer (the answer is stripped).
 
@@ -37,7 +44,7 @@ from typing import Any
 
 from mmsearch_r1.config import ProtocolConfig
 from mmsearch_r1.types import Sample, ToolResult
-from mmsearch_r1.world.entities import Entity
+from mmsearch_r1.world.entities import ATTRIBUTES, Entity
 
 
 def _default_head_search() -> dict[str, float]:
@@ -48,6 +55,8 @@ def _default_head_search() -> dict[str, float]:
 class SFTPlan:
     head_search: dict[str, float] = field(default_factory=_default_head_search)  # per attribute asked
     tail_guess: float = 0.05
+    # reading drills per searched train tail fact question (module docstring)
+    fact_drills: int = 2
 
 
 UNKNOWN = "Unknown"
@@ -104,6 +113,30 @@ def search_turns(
     return turns
 
 
+def drill_turns(
+    turns: list[tuple[str, ToolResult | None]], attribute: str, old: str, new: str
+) -> list[tuple[str, ToolResult | None]] | None:
+    """`turns` of a searched fact question (image search, text search, answer) with the fact `old` of the
+    entity its text search named replaced by `new`: in the page sentence that states it and in the answer.
+    None when the text-search result does not state `old` in that entity's sentence exactly once."""
+    from mmsearch_r1.world.corpus import fact_sentence
+
+    if len(turns) != 3 or turns[1][1] is None:
+        return None
+    query_turn, result = turns[1]
+    name = query_turn.split("<text_search> ", 1)[1].split("</text_search>", 1)[0]
+    before, after = fact_sentence(name, attribute, old), fact_sentence(name, attribute, new)
+    if sum(p.count(before) for p in result.parts if isinstance(p, str)) != 1:
+        return None
+    parts = [p.replace(before, after) if isinstance(p, str) else p for p in result.parts]
+    answer = turns[2][0]
+    if not answer.endswith(f"<answer> {old}</answer>"):
+        return None
+    answer = answer[: -len(f" {old}</answer>")] + f" {new}</answer>"
+    changed = ToolResult(parts=parts, ok=result.ok, error=result.error, stats=dict(result.stats))
+    return [turns[0], (query_turn, changed), (answer, None)]
+
+
 def plan_behaviour(entity: Entity, attribute: str, rng: random.Random, plan: SFTPlan) -> str:
     """ "direct", "search" or "guess" for one question (see the module docstring)."""
     if entity.group == "head":
@@ -124,13 +157,15 @@ def build_world_conversations(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Any]:
     """One `Conversation` per sample; `meta` holds the behaviour, group and attribute."""
-    from mmsearch_r1.rl.sft_data import build_conversation
+    from mmsearch_r1.rl.sft_data import Conversation, build_conversation
 
     plan = plan or SFTPlan()
     rng = random.Random(f"world-sft-{seed}")
     by_id = {e.id: e for e in entities}
     by_name = {e.name: e for e in entities}
     heads = [e for e in entities if e.group == "head"]
+    values = {a: sorted({e.fact(a) for e in entities}) for a in ATTRIBUTES}
+    drill_rng = random.Random(f"world-sft-drills-{seed}")
     convs = []
     for n, s in enumerate(samples):
         e = by_id[s.extra_info["entity"]]
@@ -152,6 +187,20 @@ def build_world_conversations(
         )
         conv.meta.update(behaviour=behaviour, group=e.group, attribute=attribute)
         convs.append(conv)
+        if behaviour == "search" and e.group == "tail" and attribute != "name" and len(turns) == 3:
+            old = turns[2][0].split("<answer> ", 1)[1].split("</answer>", 1)[0]
+            others = [v for v in values[attribute] if v != old]
+            for k, new in enumerate(drill_rng.sample(others, min(plan.fact_drills, len(others)))):
+                drilled = drill_turns(turns, attribute, old, new)
+                if drilled is None:
+                    break
+                d = build_conversation(
+                    s, drilled, protocol=protocol, prompt_set=prompt_set, conversation_id=f"sft-{s.id}-drill{k}"
+                )
+                # the drill is the answer step only: the text-search result and the answer turn
+                d = Conversation(d.id, [m for m in d.messages[:1] if m.role == "system"] + d.messages[-2:])
+                d.meta.update(behaviour="drill", group=e.group, attribute=attribute)
+                convs.append(d)
         if progress is not None:
             progress(n + 1, len(samples))
     return convs
