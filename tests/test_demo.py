@@ -123,18 +123,22 @@ def _fig(head_acc, head_sr, tail_acc, tail_sr):
 
 
 def test_effect_checks():
-    good = effect_checks(_fig(0.8, 0.5, 0.6, 0.9), _fig(0.9, 0.2, 0.6, 0.95))
+    good = effect_checks(_fig(0.8, 0.5, 0.8, 0.9), _fig(0.9, 0.2, 0.8, 0.95))
     assert good == {
         "accuracy_not_lower": True,
         "accuracy_rises_head_or_tail": True,
         "head_search_drop_relative": 0.6,
         "head_search_drops_30pct": True,
         "tail_search_ratio_at_least_90pct": True,
+        "tail_accuracy_after_sft_at_least_80pct": True,
     }
     bad = effect_checks(_fig(0.8, 0.5, 0.6, 0.9), _fig(0.8, 0.4, 0.5, 0.85))
     assert bad["accuracy_not_lower"] is False and bad["accuracy_rises_head_or_tail"] is False
     assert bad["head_search_drop_relative"] == 0.2 and bad["head_search_drops_30pct"] is False
     assert bad["tail_search_ratio_at_least_90pct"] is False
+    assert bad["tail_accuracy_after_sft_at_least_80pct"] is False
+    # a one-question drop on 64 is a drop: the check is strict
+    assert effect_checks(_fig(0.8, 0.5, 0.8, 0.9), _fig(0.9, 0.2, 0.8 - 1 / 64, 0.95))["accuracy_not_lower"] is False
     assert effect_checks(_fig(1, 0, 1, 1), _fig(1, 0, 1, 1))["head_search_drop_relative"] == 0.0
 
 
@@ -150,23 +154,25 @@ def test_failed_checks_name_each_failing_check_with_its_figures():
         "accuracy_rises_head_or_tail",
         "head_search_drops_30pct",
         "tail_search_ratio_at_least_90pct",
+        "tail_accuracy_after_sft_at_least_80pct",
     ]
     assert "tail 60.0% -> 50.0%" in lines[0]
     assert "50.0% -> 40.0%" in lines[2] and "20% relative drop" in lines[2]
     assert "85.0%" in lines[3]
-    assert failed_checks(_summary(_fig(0.8, 0.5, 0.6, 0.9), _fig(0.9, 0.2, 0.6, 0.95))) == []
+    assert "tail accuracy after SFT 60.0%" in lines[4]
+    assert failed_checks(_summary(_fig(0.8, 0.5, 0.8, 0.9), _fig(0.9, 0.2, 0.8, 0.95))) == []
 
 
 @pytest.mark.parametrize(
     ("after", "quick", "status"),
     [
-        (_fig(0.9, 0.2, 0.6, 0.95), False, 0),
-        (_fig(0.9, 0.2, 0.5, 0.95), False, EXIT_CHECKS_FAILED),
-        (_fig(0.9, 0.2, 0.5, 0.95), True, 0),
+        (_fig(0.9, 0.2, 0.8, 0.95), False, 0),
+        (_fig(0.9, 0.2, 0.7, 0.95), False, EXIT_CHECKS_FAILED),
+        (_fig(0.9, 0.2, 0.7, 0.95), True, 0),
     ],
 )
 def test_demo_output_lists_failed_checks_and_sets_exit_status(after, quick, status):
-    s = _summary(_fig(0.8, 0.5, 0.6, 0.9), after)
+    s = _summary(_fig(0.8, 0.5, 0.8, 0.9), after)
     buf = io.StringIO()
     rc = print_outcome(
         s, {}, quick=quick, elapsed=1.0, report="r/report.md", summary_path="r/summary.json", file=buf
@@ -174,9 +180,9 @@ def test_demo_output_lists_failed_checks_and_sets_exit_status(after, quick, stat
     text = buf.getvalue()
     assert rc == status
     if failed_checks(s):
-        assert "checks FAILED: 1 of 4" in text
+        assert "checks FAILED: 1 of 5" in text
         assert (
-            "  - accuracy_not_lower: accuracy fell: all 70.0% -> 70.0%, head 80.0% -> 90.0%, tail 60.0% -> 50.0%"
+            "  - accuracy_not_lower: accuracy fell: all 80.0% -> 80.0%, head 80.0% -> 90.0%, tail 80.0% -> 70.0%"
             in text
         )
         assert ("smoke run" in text) is quick

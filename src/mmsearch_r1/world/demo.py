@@ -176,6 +176,8 @@ def effect_checks(before: dict[str, dict[str, float]], after: dict[str, dict[str
         "head_search_drop_relative": round(drop, 4),
         "head_search_drops_30pct": drop >= 0.30,
         "tail_search_ratio_at_least_90pct": after["tail"]["search_ratio"] >= 0.90,
+        # SFT taught reading: unseen entities are answered from the page (the effect above needs it to mean much)
+        "tail_accuracy_after_sft_at_least_80pct": before["tail"]["acc"] >= 0.80,
     }
 
 
@@ -184,6 +186,7 @@ CHECK_NAMES = (
     "accuracy_rises_head_or_tail",
     "head_search_drops_30pct",
     "tail_search_ratio_at_least_90pct",
+    "tail_accuracy_after_sft_at_least_80pct",
 )
 
 
@@ -204,6 +207,10 @@ def failed_checks(summary: dict[str, Any]) -> list[str]:
         ),
         "tail_search_ratio_at_least_90pct": (
             f"tail search ratio after GRPO {a['tail']['search_ratio']:.1%} (needs at least 90 %)"
+        ),
+        "tail_accuracy_after_sft_at_least_80pct": (
+            f"tail accuracy after SFT {b['tail']['acc']:.1%} (needs at least 80 %: the model did not learn to "
+            "read the answer from the search results)"
         ),
     }
     return [f"{name}: {why[name]}" for name in CHECK_NAMES if not c[name]]

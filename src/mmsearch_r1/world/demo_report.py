@@ -159,6 +159,7 @@ def write_demo_report(
         f"- head search ratio falls by at least 30 % relative: {yes[c['head_search_drops_30pct']]} "
         f"({_pct(c['head_search_drop_relative'])})",
         f"- tail search ratio at least 90 % after GRPO: {yes[c['tail_search_ratio_at_least_90pct']]}",
+        f"- tail accuracy at least 80 % after SFT: {yes[c['tail_accuracy_after_sft_at_least_80pct']]}",
         "",
         "## GRPO curves",
         "",
