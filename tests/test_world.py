@@ -189,7 +189,7 @@ def test_sft_conversations_behaviours(world_dir, manifest):
     # the imperfect choice: head name and city questions mostly answered, head year and maker mostly searched
     rate = {k: sum(v) / len(v) for k, v in by_attr.items()}
     assert rate[("head", "name")] < 0.3 and rate[("head", "place")] < 0.3
-    assert 0.3 < rate[("head", "year")] < 0.7 and 0.3 < rate[("head", "maker")] < 0.7
+    assert rate[("head", "year")] > 0.6 and rate[("head", "maker")] > 0.6
     assert all(rate[("tail", a)] > 0.6 for a in ("name", "place", "year", "maker"))
     assert manifest["counts"]["sft"] == {
         f"{g}/{b}": n

@@ -51,7 +51,7 @@ class WorldSpec:
     n_tail_train: int = 1200
     n_tail_val: int = 8
     n_tail_test: int = 16
-    head_renderings_train: int = 12  # questions per (head entity, attribute) in train
+    head_renderings_train: int = 20  # questions per (head entity, attribute) in train
     head_renderings_test: int = 2  # and in test (val: 1)
     tail_renderings_train: int = 1
     tail_attributes_train: int = (

@@ -48,7 +48,7 @@ from mmsearch_r1.world.entities import ATTRIBUTES, Entity
 
 
 def _default_head_search() -> dict[str, float]:
-    return {"name": 0.1, "place": 0.1, "year": 0.5, "maker": 0.5}
+    return {"name": 0.1, "place": 0.1, "year": 0.75, "maker": 0.75}
 
 
 @dataclass
