@@ -87,8 +87,8 @@ def test_demo_quick_end_to_end(tmp_path):
     assert ev["by_source"]["world_tail"]["acc_em"] == summary["after"]["tail"]["acc"]
     # The directions the quick settings do show (measured, seeds 0, 1, 2 on this machine): SFT teaches the familiar
     # (head) entities and searching on demand, so head questions are answered far more often than tail ones
-    # (accuracy head minus tail after a quick SFT: 0.77, 0.96, 0.92) and tail questions are searched more often
-    # (search ratio tail minus head: 0.44, 0.42, 0.56); SFT lowers its loss. The GRPO direction needs the default
+    # (accuracy head minus tail after a quick SFT: 0.44, 0.73, 0.75) and tail questions are searched more often
+    # (search ratio tail minus head: 0.75, 0.44, 0.63); SFT lowers its loss. The GRPO direction needs the default
     # run: 3 quick GRPO steps moved the head search ratio by 0, 0 and +6 points on those seeds.
     base = json.loads((out / "model" / "base" / "config.json").read_text())
     text = base["text_config"]  # the demo's model, not the library default
@@ -114,7 +114,7 @@ def test_shipped_configs_match_builtin_settings(name, overrides):
 
 
 def _fig(head_acc, head_sr, tail_acc, tail_sr):
-    n = 10
+    n = 64
     return {
         "head": {"acc": head_acc, "search_ratio": head_sr, "n": n},
         "tail": {"acc": tail_acc, "search_ratio": tail_sr, "n": n},
@@ -137,8 +137,11 @@ def test_effect_checks():
     assert bad["head_search_drop_relative"] == 0.2 and bad["head_search_drops_30pct"] is False
     assert bad["tail_search_ratio_at_least_90pct"] is False
     assert bad["tail_accuracy_after_sft_at_least_80pct"] is False
-    # a one-question drop on 64 is a drop: the check is strict
-    assert effect_checks(_fig(0.8, 0.5, 0.8, 0.9), _fig(0.9, 0.2, 0.8 - 1 / 64, 0.95))["accuracy_not_lower"] is False
+    # all questions may not fall; a group may fall by one of its questions, not by two
+    one, two = _fig(0.9, 0.2, 0.8 - 1 / 64, 0.95), _fig(0.9, 0.2, 0.8 - 2 / 64, 0.95)
+    assert effect_checks(_fig(0.8, 0.5, 0.8, 0.9), one)["accuracy_not_lower"] is True
+    assert effect_checks(_fig(0.8, 0.5, 0.8, 0.9), two)["accuracy_not_lower"] is False
+    assert effect_checks(_fig(0.9, 0.5, 0.8, 0.9), one)["accuracy_not_lower"] is False  # all fell
     assert effect_checks(_fig(1, 0, 1, 1), _fig(1, 0, 1, 1))["head_search_drop_relative"] == 0.0
 
 
@@ -183,7 +186,7 @@ def test_demo_output_lists_failed_checks_and_sets_exit_status(after, quick, stat
         assert "checks FAILED: 1 of 5" in text
         assert (
             "  - accuracy_not_lower: accuracy fell: all 80.0% -> 80.0%, head 80.0% -> 90.0%, tail 80.0% -> 70.0%"
-            in text
+            " (all questions may not fall, a group by one question)" in text
         )
         assert ("smoke run" in text) is quick
     else:
