@@ -90,9 +90,10 @@ QUICK_OVERRIDES: tuple[str, ...] = _COMMON + (
 #   before the model recognises the head entities and copies names ended within about 1,000 steps on every seed
 #   tried, against anywhere from step 1,600 to never within 3,200 at 0.02;
 # - 4 key/value heads (one per query head) instead of 2: reading the fact from the page, which the 2-head
-#   model learned on one seed of three, formed by step 800 on seed 0 (tail accuracy 36 % -> 92 %);
-# - rotary base 1e4 instead of Qwen2.5-VL's 1e6: more rotary frequencies that turn within a 400-token
-#   conversation; head recognition came sooner (head accuracy 84 % against 35 % at step 800, seed 0).
+#   model learned on one seed of three, formed by step 800 on seed 0 (tail accuracy after SFT 36 % -> 92 %);
+# - rotary base 1e4 instead of Qwen2.5-VL's 1e6 (more rotary frequencies that turn within a 400-token
+#   conversation): alone it did not bring reading (seeds 0, 1); kept because the runs that read used it.
+# The world's SFT data adds reading drills (`world.sft`), which made reading form sooner on the slow seed.
 DEMO_INIT_RANGE = 0.06
 DEMO_KV_HEADS = 4
 DEMO_ROPE_THETA = 10_000.0
