@@ -156,7 +156,8 @@ def build_world_conversations(
     plan: SFTPlan | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Any]:
-    """One `Conversation` per sample; `meta` holds the behaviour, group and attribute."""
+    """One `Conversation` per sample, then its reading drills; `meta` holds the behaviour ("direct", "search",
+    "guess" or "drill"), group and attribute."""
     from mmsearch_r1.rl.sft_data import Conversation, build_conversation
 
     plan = plan or SFTPlan()
