@@ -16,8 +16,8 @@ from mmsearch_r1.config_io import config_to_dict, load_config
 from mmsearch_r1.world.demo import (
     DEMO_INIT_RANGE,
     DEMO_KV_HEADS,
-    DEMO_ROPE_THETA,
     DEMO_OVERRIDES,
+    DEMO_ROPE_THETA,
     QUICK_OVERRIDES,
     STAGES,
     effect_checks,

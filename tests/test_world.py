@@ -16,10 +16,10 @@ from mmsearch_r1.reward import exact_match
 from mmsearch_r1.rl.sft_data import read_conversations
 from mmsearch_r1.tools import build_tools
 from mmsearch_r1.world.build import SIZES, build_world, spec_for
+from mmsearch_r1.world.corpus import fact_sentence
 from mmsearch_r1.world.entities import draw_entities
 from mmsearch_r1.world.questions import make_sample
 from mmsearch_r1.world.render import render
-from mmsearch_r1.world.corpus import fact_sentence
 from mmsearch_r1.world.sft import UNKNOWN, drill_turns, first_title_name
 
 SEED = 3
@@ -239,8 +239,14 @@ def test_drill_turns_change_one_sentence_or_refuse():
 
     page = "1. Dul Ron\nSummary: Dul Ron was made by Coyard.\n\n2. Dul Rex\nSummary: Dul Rex was made by Coyard.\n"
     turns = [
-        ("<reason> Unknown: I will search with the image.</reason><search><img></search>", ToolResult(parts=["x"])),
-        ("<reason>The first result is Dul Ron.</reason><text_search> Dul Ron</text_search>", ToolResult(parts=[page])),
+        (
+            "<reason> Unknown: I will search with the image.</reason><search><img></search>",
+            ToolResult(parts=["x"]),
+        ),
+        (
+            "<reason>The first result is Dul Ron.</reason><text_search> Dul Ron</text_search>",
+            ToolResult(parts=[page]),
+        ),
         ("<reason>The page about Dul Ron says it.</reason><answer> Coyard</answer>", None),
     ]
     out = drill_turns(turns, "maker", "Coyard", "Jeyett")

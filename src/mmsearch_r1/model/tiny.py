@@ -51,7 +51,9 @@ class TinySizes:
     min_pixels: int = 56 * 56
     max_pixels: int = 112 * 112
     init_range: float = 0.02
-    rope_theta: float = 1_000_000.0  # Qwen2.5-VL's; a smaller base gives a short sequence more distinct rotations
+    rope_theta: float = (
+        1_000_000.0  # Qwen2.5-VL's; a smaller base gives a short sequence more distinct rotations
+    )
 
 
 def _train_tokenizer(lines: Iterable[str], vocab_size: int) -> Any:

@@ -196,7 +196,11 @@ def build_world_conversations(
                 if drilled is None:
                     break
                 d = build_conversation(
-                    s, drilled, protocol=protocol, prompt_set=prompt_set, conversation_id=f"sft-{s.id}-drill{k}"
+                    s,
+                    drilled,
+                    protocol=protocol,
+                    prompt_set=prompt_set,
+                    conversation_id=f"sft-{s.id}-drill{k}",
                 )
                 # the drill is the answer step only: the text-search result and the answer turn
                 d = Conversation(d.id, [m for m in d.messages[:1] if m.role == "system"] + d.messages[-2:])
