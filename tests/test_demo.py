@@ -61,6 +61,7 @@ def test_demo_quick_end_to_end(tmp_path):
         "head_search_drop_relative",
         "head_search_drops_30pct",
         "tail_search_ratio_at_least_90pct",
+        "tail_accuracy_after_sft_at_least_80pct",
     }
     assert summary["failed_checks"] == failed_checks(summary)
     assert ("checks: all hold" in proc.stdout) is (not summary["failed_checks"])  # quick: listed, exit 0
