@@ -44,6 +44,7 @@ from typing import Any
 
 from mmsearch_r1.config import ProtocolConfig
 from mmsearch_r1.types import Sample, ToolResult
+from mmsearch_r1.world.corpus import fact_sentence
 from mmsearch_r1.world.entities import ATTRIBUTES, Entity
 
 
@@ -119,8 +120,6 @@ def drill_turns(
     """`turns` of a searched fact question (image search, text search, answer) with the fact `old` of the
     entity its text search named replaced by `new`: in the page sentence that states it and in the answer.
     None when the text-search result does not state `old` in that entity's sentence exactly once."""
-    from mmsearch_r1.world.corpus import fact_sentence
-
     if len(turns) != 3 or turns[1][1] is None:
         return None
     query_turn, result = turns[1]
