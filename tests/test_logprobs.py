@@ -78,3 +78,12 @@ def test_bad_shapes_are_named() -> None:
         token_logprobs(hidden, weight, targets[:, :3])
     with pytest.raises(ValueError, match="lm_head_weight"):
         token_logprobs(hidden, weight[:, :2], targets)
+
+
+def test_all_ignored_rows_give_zeros_and_zero_gradients() -> None:
+    hidden, weight, targets = _inputs(torch.float32)
+    h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+    lp, en = token_logprobs(h, w, torch.full_like(targets, -1), chunk_tokens=4, with_entropy=True)
+    (lp.sum() + en.sum()).backward()
+    assert lp.shape == targets.shape and torch.all(lp == 0) and torch.all(en == 0)
+    assert torch.all(h.grad == 0) and torch.all(w.grad == 0)

@@ -328,6 +328,26 @@ def test_resume_gives_the_uninterrupted_run(tmp_path: Path, tiny_model_dir) -> N
     assert [r["sft/loss"] for r in rows_a] == [r["sft/loss"] for r in rows_b]
 
 
+def test_step_gradient_does_not_depend_on_the_micro_batch_split(tmp_path: Path, tiny_model_dir) -> None:
+    """A step's conversations are sorted by length and split into micro-batches: one forward of 3 or three of 1
+    train the same step (the loss is normalised by the step's token count)."""
+    from safetensors.torch import load_file
+
+    from mmsearch_r1.cli import main
+
+    finals = []
+    for mb in (3, 1):
+        (tmp_path / str(mb)).mkdir()
+        args = _small_sft_args(tmp_path / str(mb), tiny_model_dir, 2)
+        args = [a for a in args if not a.startswith("sft.micro_batch_size")] + [f"sft.micro_batch_size={mb}"]
+        assert main(["sft", "--no-progress", *args]) == 0
+        finals.append(load_file(str(tmp_path / str(mb) / "run" / "final" / "model.safetensors")))
+    start = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
+    a, b = finals
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+    assert any(not torch.allclose(a[k], start[k], atol=1e-4) for k in a)  # the steps did train
+
+
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, tiny_model_dir):
     from mmsearch_r1.cli import main

@@ -12,7 +12,8 @@ Gradients (z = logits of one position, p = softmax(z), H = entropy, t = target):
     d log p_t / dz = onehot(t) - p
     d H / dz       = -p * (log p + H)
 Logits are formed in the input dtype and the softmax is taken in float32 (float64 for float64 inputs). Targets < 0 (ignore index) give
-log-prob 0, entropy 0 and no gradient. `temperature` divides the logits (as the sampler did), so the result
+log-prob 0, entropy 0 and no gradient; their rows are left out before the vocabulary projection (in RL and SFT
+most response positions are tool output, image or padding, so this skips most of the lm_head work). `temperature` divides the logits (as the sampler did), so the result
 matches the log-probs the rollout engine reports for the same tokens.
 
 `logprobs_from_logits(logits, targets)` is the plain path for when logits already exist.
@@ -124,10 +125,14 @@ def token_logprobs(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
     b, t, h = hidden.shape
-    flat = hidden.reshape(b * t, h)
+    flat, tgt = hidden.reshape(b * t, h), targets.reshape(-1)
+    keep = (tgt >= 0).nonzero().squeeze(1)  # only these rows are projected onto the vocabulary
+    if keep.numel() < tgt.numel():
+        flat, tgt = flat.index_select(0, keep), tgt.index_select(0, keep)
     if temperature != 1.0:
         flat = flat / temperature
-    logp, ent = _ChunkedLogProbs.apply(
-        flat, lm_head_weight, targets.reshape(-1), int(chunk_tokens), with_entropy
-    )
+    logp, ent = _ChunkedLogProbs.apply(flat, lm_head_weight, tgt, int(chunk_tokens), with_entropy)
+    if keep.numel() < b * t:  # ignored positions: log-prob 0, entropy 0, no gradient
+        logp = logp.new_zeros(b * t).index_copy(0, keep, logp)
+        ent = ent.new_zeros(b * t).index_copy(0, keep, ent) if with_entropy else ent
     return logp.reshape(b, t), (ent.reshape(b, t) if with_entropy else None)
