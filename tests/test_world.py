@@ -97,6 +97,24 @@ def test_entities_names_distinct_from_facts():
     assert len({e.identity.key() for e in ents}) == len(ents)
 
 
+def test_no_tail_entity_looks_like_a_head_entity():
+    from mmsearch_r1.world.entities import looks_alike
+    from mmsearch_r1.world.render import Identity
+
+    a = Identity("emblem", "cross", fg=0, bg=7, accent=6, texture="dots", corner="ne")
+    assert looks_alike(a, Identity("emblem", "hexagon", fg=3, bg=7, accent=1, texture="stripes", corner="sw"))
+    assert looks_alike(a, Identity("vessel", "ring", fg=0, bg=7, accent=1, texture="plain", corner="sw"))
+    assert not looks_alike(a, Identity("emblem", "cross", fg=0, bg=8, accent=6, texture="dots", corner="ne"))
+    for seed in (0, 1, 2):
+        ents = draw_entities(seed, 8, {"train": 500, "val": 8, "test": 16})
+        head = [e.identity for e in ents if e.group == "head"]
+        tail = [e.identity for e in ents if e.group == "tail"]
+        assert len(tail) == 524 and not any(looks_alike(t, h) for t in tail for h in head)
+        assert len({i.key() for i in head + tail}) == len(ents)
+    with pytest.raises(ValueError, match="n_head=200"):  # every look taken by a head entity
+        draw_entities(0, 200, {"train": 8}, n_name_words=40)
+
+
 def test_question_images_are_not_indexed_copies(world_dir):
     indexed = {
         hashlib.sha256(p.read_bytes()).hexdigest() for p in (world_dir / "corpus" / "images").glob("*.png")
@@ -184,7 +202,9 @@ def test_sft_conversations_behaviours(world_dir, manifest):
         right[b] += exact_match(extract_final_answer(texts), s.answers.all())
     assert seen == {("head", "direct"), ("head", "search"), ("tail", "search"), ("tail", "guess")}
     assert right["direct"] == total["direct"]
-    assert right["guess"] <= 0.25 * total["guess"]  # a guessed fact from the small pools can be right
+    assert (
+        right["guess"] <= 0.5 * total["guess"]
+    )  # a guessed fact from the small pools (a few guesses) can be right
     assert right["search"] >= 0.9 * total["search"]
     # the imperfect choice: head name and city questions mostly answered, head year and maker mostly searched
     rate = {k: sum(v) / len(v) for k, v in by_attr.items()}
