@@ -52,12 +52,15 @@ def test_demo_quick_end_to_end(tmp_path):
         for g in ("head", "tail", "all"):
             m = summary[when][g]
             assert (
-                set(m) == {"acc", "search_ratio", "n"} and 0 <= m["acc"] <= 1 and 0 <= m["search_ratio"] <= 1
+                set(m) == {"acc", "search_ratio", "reward", "n"}
+                and 0 <= m["acc"] <= 1
+                and 0 <= m["search_ratio"] <= 1
+                and -1 <= m["reward"] <= 1
             )
         assert summary[when]["head"]["n"] + summary[when]["tail"]["n"] == summary[when]["all"]["n"] > 0
     assert set(summary["checks"]) == {
         "accuracy_not_lower",
-        "accuracy_rises_head_or_tail",
+        "reward_rises",
         "head_search_drop_relative",
         "head_search_drops_30pct",
         "tail_search_ratio_at_least_90pct",
@@ -88,9 +91,9 @@ def test_demo_quick_end_to_end(tmp_path):
     assert ev["by_source"]["world_tail"]["acc_em"] == summary["after"]["tail"]["acc"]
     # The directions the quick settings do show (measured, seeds 0, 1, 2 on this machine): SFT teaches the familiar
     # (head) entities and searching on demand, so head questions are answered far more often than tail ones
-    # (accuracy head minus tail after a quick SFT: 0.44, 0.73, 0.75) and tail questions are searched more often
-    # (search ratio tail minus head: 0.75, 0.44, 0.63); SFT lowers its loss. The GRPO direction needs the default
-    # run: 3 quick GRPO steps moved the head search ratio by 0, 0 and +6 points on those seeds.
+    # (accuracy head minus tail after a quick SFT: 0.75, 0.71, 0.44) and tail questions are searched more often
+    # (search ratio tail minus head: 0.50, 0.31, 0.71); SFT lowers its loss. The GRPO direction needs the default
+    # run: 3 quick GRPO steps moved the head search ratio by -19, -6 and 0 points on those seeds.
     base = json.loads((out / "model" / "base" / "config.json").read_text())
     text = base["text_config"]  # the demo's model, not the library default
     assert text["initializer_range"] == DEMO_INIT_RANGE and text["num_key_value_heads"] == DEMO_KV_HEADS
@@ -116,10 +119,20 @@ def test_shipped_configs_match_builtin_settings(name, overrides):
 
 def _fig(head_acc, head_sr, tail_acc, tail_sr):
     n = 64
+
+    def reward(acc, sr):  # 0.9 * acc * penalty + 0.1 * format (search penalty 0.1, format always right)
+        return 0.9 * acc * (1 - 0.1 * sr) + 0.1
+
+    head, tail = reward(head_acc, head_sr), reward(tail_acc, tail_sr)
     return {
-        "head": {"acc": head_acc, "search_ratio": head_sr, "n": n},
-        "tail": {"acc": tail_acc, "search_ratio": tail_sr, "n": n},
-        "all": {"acc": (head_acc + tail_acc) / 2, "search_ratio": (head_sr + tail_sr) / 2, "n": 2 * n},
+        "head": {"acc": head_acc, "search_ratio": head_sr, "reward": head, "n": n},
+        "tail": {"acc": tail_acc, "search_ratio": tail_sr, "reward": tail, "n": n},
+        "all": {
+            "acc": (head_acc + tail_acc) / 2,
+            "search_ratio": (head_sr + tail_sr) / 2,
+            "reward": (head + tail) / 2,
+            "n": 2 * n,
+        },
     }
 
 
@@ -127,14 +140,14 @@ def test_effect_checks():
     good = effect_checks(_fig(0.8, 0.5, 0.8, 0.9), _fig(0.9, 0.2, 0.8, 0.95))
     assert good == {
         "accuracy_not_lower": True,
-        "accuracy_rises_head_or_tail": True,
+        "reward_rises": True,
         "head_search_drop_relative": 0.6,
         "head_search_drops_30pct": True,
         "tail_search_ratio_at_least_90pct": True,
         "tail_accuracy_after_sft_at_least_80pct": True,
     }
     bad = effect_checks(_fig(0.8, 0.5, 0.6, 0.9), _fig(0.8, 0.4, 0.5, 0.85))
-    assert bad["accuracy_not_lower"] is False and bad["accuracy_rises_head_or_tail"] is False
+    assert bad["accuracy_not_lower"] is False and bad["reward_rises"] is False
     assert bad["head_search_drop_relative"] == 0.2 and bad["head_search_drops_30pct"] is False
     assert bad["tail_search_ratio_at_least_90pct"] is False
     assert bad["tail_accuracy_after_sft_at_least_80pct"] is False
@@ -144,6 +157,9 @@ def test_effect_checks():
     assert effect_checks(_fig(0.8, 0.5, 0.8, 0.9), two)["accuracy_not_lower"] is False
     assert effect_checks(_fig(0.9, 0.5, 0.8, 0.9), one)["accuracy_not_lower"] is False  # all fell
     assert effect_checks(_fig(1, 0, 1, 1), _fig(1, 0, 1, 1))["head_search_drop_relative"] == 0.0
+    # at the accuracy ceiling, fewer needless searches still raise the reward; more searches lower it
+    assert effect_checks(_fig(0.98, 0.5, 0.94, 1), _fig(0.98, 0.08, 0.94, 1))["reward_rises"] is True
+    assert effect_checks(_fig(0.98, 0.08, 0.94, 1), _fig(0.98, 0.5, 0.94, 1))["reward_rises"] is False
 
 
 def _summary(before, after):
@@ -155,7 +171,7 @@ def test_failed_checks_name_each_failing_check_with_its_figures():
     lines = failed_checks(s)
     assert [line.split(":")[0] for line in lines] == [
         "accuracy_not_lower",
-        "accuracy_rises_head_or_tail",
+        "reward_rises",
         "head_search_drops_30pct",
         "tail_search_ratio_at_least_90pct",
         "tail_accuracy_after_sft_at_least_80pct",

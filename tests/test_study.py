@@ -130,7 +130,7 @@ def test_study_quick_end_to_end_and_resume(tmp_path):
     for arm in ARMS:
         a = run["arms"][arm]
         for g in ("head", "tail", "all"):
-            assert set(a[g]) == {"acc", "search_ratio", "n"} and 0 <= a[g]["acc"] <= 1
+            assert set(a[g]) == {"acc", "search_ratio", "reward", "n"} and 0 <= a[g]["acc"] <= 1
         assert a["head"]["n"] + a["tail"]["n"] == a["all"]["n"] > 0
         ev = json.loads(Path(a["eval"]).read_text())  # the figures are those of the evaluation files
         assert ev["study_arm"] == arm and ev["study_policy"] == {"direct": "direct", "rag": "rag"}.get(

@@ -77,11 +77,15 @@ def print_outcome(
     say()
     say(f"mmsearch-r1 demo finished in {elapsed:.0f} s ({'quick' if quick else 'default'} run)")
     say()
-    say(f"{'test questions':24s} {'accuracy SFT -> GRPO':>22s} {'search ratio SFT -> GRPO':>26s}")
+    say(
+        f"{'test questions':24s} {'accuracy SFT -> GRPO':>22s} {'search ratio SFT -> GRPO':>26s}"
+        f" {'reward SFT -> GRPO':>20s}"
+    )
     for g, label in (("head", "head (search-free)"), ("tail", "tail (search-required)"), ("all", "all")):
         b, a = s["before"][g], s["after"][g]
         say(
             f"{label:24s} {b['acc']:>10.1%} -> {a['acc']:>7.1%}   {b['search_ratio']:>12.1%} -> {a['search_ratio']:>7.1%}"
+            f"   {b['reward']:>8.3f} -> {a['reward']:.3f}"
         )
     say()
     c = s["checks"]
