@@ -158,10 +158,22 @@ def group_figures(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
     mean reward of the run's reward function, search penalty included)."""
     out = {}
     for g, src in GROUPS.items():
-        m = summary["by_source"].get(src, {"acc_em": 0.0, "search_ratio_any": 0.0, "reward_mean": 0.0, "n": 0})
-        out[g] = {"acc": m["acc_em"], "search_ratio": m["search_ratio_any"], "reward": m["reward_mean"], "n": m["n"]}
+        m = summary["by_source"].get(
+            src, {"acc_em": 0.0, "search_ratio_any": 0.0, "reward_mean": 0.0, "n": 0}
+        )
+        out[g] = {
+            "acc": m["acc_em"],
+            "search_ratio": m["search_ratio_any"],
+            "reward": m["reward_mean"],
+            "n": m["n"],
+        }
     m = summary["overall"]
-    out["all"] = {"acc": m["acc_em"], "search_ratio": m["search_ratio_any"], "reward": m["reward_mean"], "n": m["n"]}
+    out["all"] = {
+        "acc": m["acc_em"],
+        "search_ratio": m["search_ratio_any"],
+        "reward": m["reward_mean"],
+        "n": m["n"],
+    }
     return out
 
 
