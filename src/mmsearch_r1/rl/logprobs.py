@@ -13,8 +13,9 @@ Gradients (z = logits of one position, p = softmax(z), H = entropy, t = target):
     d H / dz       = -p * (log p + H)
 Logits are formed in the input dtype and the softmax is taken in float32 (float64 for float64 inputs). Targets < 0 (ignore index) give
 log-prob 0, entropy 0 and no gradient; their rows are left out before the vocabulary projection (in RL and SFT
-most response positions are tool output, image or padding, so this skips most of the lm_head work). `temperature` divides the logits (as the sampler did), so the result
-matches the log-probs the rollout engine reports for the same tokens.
+most response positions are tool output, image or padding, so this skips most of the lm_head work).
+`temperature` divides the logits (as the sampler did), so the result matches the log-probs the rollout engine
+reports for the same tokens.
 
 `logprobs_from_logits(logits, targets)` is the plain path for when logits already exist.
 """

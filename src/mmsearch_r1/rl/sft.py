@@ -14,8 +14,8 @@ conversation becomes a `Trajectory` (prompt = the tokens before the first traine
 Batching: `sft.batch_size` conversations per optimizer step (an endless stream of per-epoch permutations seeded by
 `trainer.seed`; `sft.max_steps` or `sft.epochs` decides the length), `sft.micro_batch_size` per forward, right
 padded to the longest in the micro-batch; a step's conversations are sorted by length before they are split into
-micro-batches, so a micro-batch pads less (the step's gradient does not depend on the split). Under torchrun each rank takes its contiguous `batch_size / world_size`
-share of the step's conversations; the normalizer is still the whole step's token count. Model, precision
+micro-batches, so a micro-batch pads less (the step's gradient does not depend on the split). Under torchrun
+each rank takes its contiguous `batch_size / world_size` share of the step's conversations; the normalizer is still the whole step's token count. Model, precision
 (`model.param_dtype` / `model.compute_dtype`), FSDP2, optimizer, checkpoints and the logger come from the GRPO
 trainer's set-up (rl/setup.py). Sequences are not packed (several conversations in one row would need a
 block-diagonal attention mask and per-segment rope indices). AdamW with `sft.lr` and `optim.*` (betas, weight
