@@ -45,6 +45,7 @@ def main() -> int:
 
     import torch
 
+    import mmsearch_r1.rl.batch as B
     from mmsearch_r1.model import load_model, load_processor
     from mmsearch_r1.model.tiny import build_tiny_model
     from mmsearch_r1.rl import logprobs as LP
@@ -75,7 +76,7 @@ def main() -> int:
         )
         return logp.reshape(b, t), (ent.reshape(b, t) if with_entropy else None)
 
-    def make(variant: str):
+    def make():
         torch.manual_seed(0)
         model = load_model(model_dir).train()
         policy = PolicyForward(model, 4096)
@@ -83,8 +84,6 @@ def main() -> int:
         return policy, opt
 
     def step(variant: str, policy, opt, pick) -> float:
-        import mmsearch_r1.rl.batch as B
-
         B.token_logprobs = all_rows if variant == "all_rows_mb8" else shipped
         items = [data[i] for i in pick]
         mb = 4 if variant == "skip_sorted_mb4" else 8
@@ -103,7 +102,7 @@ def main() -> int:
     # -- the variants compute the same loss and gradient ------------------------------------------------------
     losses, grads = {}, {}
     for v in VARIANTS:
-        policy, opt = make(v)
+        policy, opt = make()
         opt.step = lambda: None  # gradient only
         losses[v] = step(v, policy, opt, picks[0])
         grads[v] = torch.cat([p.grad.reshape(-1) for p in policy.parameters()])
@@ -117,7 +116,7 @@ def main() -> int:
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for r in range(args.rounds):
         for v in VARIANTS:
-            policy, opt = make(v)
+            policy, opt = make()
             for pick in picks[:2]:  # warm-up
                 step(v, policy, opt, pick)
                 opt.step()

@@ -128,12 +128,13 @@ def token_logprobs(
     b, t, h = hidden.shape
     flat, tgt = hidden.reshape(b * t, h), targets.reshape(-1)
     keep = (tgt >= 0).nonzero().squeeze(1)  # only these rows are projected onto the vocabulary
-    if keep.numel() < tgt.numel():
+    skip = keep.numel() < b * t
+    if skip:
         flat, tgt = flat.index_select(0, keep), tgt.index_select(0, keep)
     if temperature != 1.0:
         flat = flat / temperature
     logp, ent = _ChunkedLogProbs.apply(flat, lm_head_weight, tgt, int(chunk_tokens), with_entropy)
-    if keep.numel() < b * t:  # ignored positions: log-prob 0, entropy 0, no gradient
+    if skip:  # ignored positions: log-prob 0, entropy 0, no gradient
         logp = logp.new_zeros(b * t).index_copy(0, keep, logp)
         ent = ent.new_zeros(b * t).index_copy(0, keep, ent) if with_entropy else ent
     return logp.reshape(b, t), (ent.reshape(b, t) if with_entropy else None)

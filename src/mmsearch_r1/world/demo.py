@@ -156,25 +156,19 @@ def sft_config(cfg: Any) -> Any:
 def group_figures(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
     """{"head"|"tail"|"all": {"acc", "search_ratio", "reward", "n"}} from an evaluation summary (`reward`: the
     mean reward of the run's reward function, search penalty included)."""
-    out = {}
-    for g, src in GROUPS.items():
-        m = summary["by_source"].get(
-            src, {"acc_em": 0.0, "search_ratio_any": 0.0, "reward_mean": 0.0, "n": 0}
-        )
-        out[g] = {
+    empty = {"acc_em": 0.0, "search_ratio_any": 0.0, "reward_mean": 0.0, "n": 0}
+    rows = {g: summary["by_source"].get(src, empty) for g, src in GROUPS.items()} | {
+        "all": summary["overall"]
+    }
+    return {
+        g: {
             "acc": m["acc_em"],
             "search_ratio": m["search_ratio_any"],
             "reward": m["reward_mean"],
             "n": m["n"],
         }
-    m = summary["overall"]
-    out["all"] = {
-        "acc": m["acc_em"],
-        "search_ratio": m["search_ratio_any"],
-        "reward": m["reward_mean"],
-        "n": m["n"],
+        for g, m in rows.items()
     }
-    return out
 
 
 def _one_question(group: dict[str, float]) -> float:
